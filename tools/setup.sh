@@ -29,7 +29,7 @@ JOBS="${MAX_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 # Pinned pure-Python / binary packages that install from the registry as wheels.
 PINNED=(
   "numpy>=1.24,<2"
-  "setuptools>=64,<70"            # still ships pkg_resources, which mmcv's setup.py imports
+  "setuptools>=77.0.3,<81"        # torch needs >=77; <81 still ships pkg_resources (mmcv's setup.py)
   "mmengine==0.10.7"
   "mmdet==3.3.0"
   "mmsegmentation==1.2.2"
@@ -56,8 +56,10 @@ run_logged() {  # run_logged <what> <fix> -- cmd...
   if ! "$@" >"$log" 2>&1; then
     echo "----- last lines of $log -----" >&2; tail -n 15 "$log" >&2
     if grep -qiE 'no space left' "$log"; then fix="free disk space (df -h), then run again"; fi
-    if grep -qiE 'connection|resolve|timed out|network is unreachable|No matching distribution' "$log"; then
+    if grep -qiE 'connection|timed out|network is unreachable|No matching distribution' "$log"; then
       fix="check that the package registry is reachable (pip config, proxy), then run again"; fi
+    if grep -qiE 'ResolutionImpossible|conflicting dependencies' "$log"; then
+      fix="the pinned versions conflict (see the log); adjust the pins at the top of tools/setup.sh"; fi
     fail "$what failed (full log: $log)" "$fix"
   fi
 }

@@ -1,0 +1,57 @@
+"""Shared test utilities (imported as ``tests._helpers``)."""
+from __future__ import annotations
+
+from typing import Callable, Dict, Optional, Sequence
+
+import pytest
+import torch
+
+HAS_CUDA = torch.cuda.is_available()
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason='needs a CUDA device')
+
+
+def rel_rms(ref: torch.Tensor, out: torch.Tensor) -> float:
+    """Scale-free error rms(ref - out) / rms(ref), computed in float64."""
+    ref = ref.double()
+    out = out.double()
+    return float((ref - out).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt().clamp_min(1e-300))
+
+
+def rand_qkv(b: int, h: int, nq: int, nk: int, d: int, dv: Optional[int] = None,
+             dtype: torch.dtype = torch.float64, seed: int = 0, requires_grad: bool = True,
+             device: str = 'cpu'):
+    """Random q (B,H,Nq,D), k (B,H,Nk,D), v (B,H,Nk,Dv) leaf tensors."""
+    g = torch.Generator().manual_seed(seed)
+    dv = d if dv is None else dv
+    q = torch.randn(b, h, nq, d, generator=g, dtype=torch.float64)
+    k = torch.randn(b, h, nk, d, generator=g, dtype=torch.float64)
+    v = torch.randn(b, h, nk, dv, generator=g, dtype=torch.float64)
+    return tuple(t.to(device=device, dtype=dtype).requires_grad_(requires_grad) for t in (q, k, v))
+
+
+def random_padding_mask(b: int, n: int, seed: int = 0, min_valid: int = 1) -> torch.Tensor:
+    """(B, N) bool mask, True = padding; sample i keeps a random prefix of >= min_valid tokens."""
+    g = torch.Generator().manual_seed(seed)
+    lens = torch.randint(min(min_valid, n), n + 1, (b,), generator=g)
+    lens[0] = n  # one sample without padding
+    return torch.arange(n)[None, :] >= lens[:, None]
+
+
+def assert_match(fast: Callable, naive: Callable, inputs: Sequence[torch.Tensor],
+                 kwargs: Optional[Dict] = None, atol: float = 1e-8, rtol: float = 1e-6) -> None:
+    """Outputs and gradients (w.r.t. every input that requires grad) of ``fast`` equal ``naive``."""
+    kwargs = kwargs or {}
+    out_f = fast(*inputs, **kwargs)
+    out_n = naive(*inputs, **kwargs)
+    torch.testing.assert_close(out_f, out_n, atol=atol, rtol=rtol)
+    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    if not leaves:
+        return
+    g = torch.randn_like(out_n)
+    grads_f = torch.autograd.grad(out_f, leaves, g, allow_unused=True)
+    grads_n = torch.autograd.grad(out_n, leaves, g, allow_unused=True)
+    for gf, gn in zip(grads_f, grads_n):
+        if gn is None:
+            assert gf is None or torch.all(gf == 0)
+            continue
+        torch.testing.assert_close(gf, gn, atol=atol * 10, rtol=rtol * 10)
