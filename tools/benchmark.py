@@ -1,0 +1,335 @@
+#!/bin/sh
+''''p="$(dirname "$0")/../.venv/bin/python"; [ -x "$p" ] || p=python3; exec "$p" "$0" "$@" # '''
+"""Speed and memory of every attention of the library, with softmax (SDPA) as the baseline.
+
+Levels:
+  op        the functional op alone over token counts: q, k, v of shape (B, H, N, D)
+  backbone  a whole backbone over image sizes (forward, or forward + backward)
+
+Examples::
+
+  tools/benchmark.py --level op --attn inline softmax --tokens 16384 --head-dim 32 --device cpu --out F.json
+  tools/benchmark.py --level op --tokens 1024 4096 16384 65536 --device cuda --dtype bf16 --plot ops.png
+  tools/benchmark.py --level backbone --backbone LinPVT --attn inline softmax --sizes 512 1024x2048
+
+Each row reports the median wall time of ``--repeats`` runs after ``--warmup``, throughput, peak memory
+(CUDA: ``max_memory_allocated``; CPU: peak resident-set growth over the baseline, sampled every 0.5 ms
+from /proc), and for softmax which SDPA backend actually ran (read from the profiler's kernel names).
+Speed and memory live here, never in timed tests.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import sys
+import threading
+import time
+from typing import Callable, Dict, List, Optional
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+import torch  # noqa: E402
+
+DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp64': torch.float64}
+
+
+# ----------------------------------------------------------------------------------------- ops
+def op_table(h: int, n: int, d: int, device, dtype, args) -> Dict[str, Callable]:
+    """name -> f(q, k, v): each op with the extra tensors it needs built once, outside the timing."""
+    from linattn_mm import ops
+    g = torch.Generator().manual_seed(0)
+    kp = args.proj_len
+    proj = (torch.randn(kp, n, generator=g) / math.sqrt(n)).to(device, dtype)
+    feats = ops.orthogonal_random_features(args.num_features, d, generator=g).to(device, dtype)
+    return {
+        'softmax': lambda q, k, v: ops.softmax_attention(q, k, v),
+        'inline': lambda q, k, v: ops.inline_attention(q, k, v),
+        'taylorshift': lambda q, k, v: ops.taylor_attention(q, k, v, mode='auto'),
+        'taylorshift_direct': lambda q, k, v: ops.taylor_attention(q, k, v, mode='direct'),
+        'taylorshift_efficient': lambda q, k, v: ops.taylor_attention(q, k, v, mode='efficient'),
+        'linformer': lambda q, k, v: ops.linformer_attention(q, k, v, proj, proj),
+        'performer': lambda q, k, v: ops.performer_attention(q, k, v, feats),
+        'nystrom': lambda q, k, v: ops.nystrom_attention(q, k, v, num_landmarks=args.num_landmarks),
+        'linear': lambda q, k, v: ops.linear_attention(q, k, v),
+        'focused': lambda q, k, v: ops.focused_linear_attention(q, k, v),
+        'relu': lambda q, k, v: ops.relu_linear_attention(q, k, v),
+    }
+
+
+OP_NAMES = ['softmax', 'inline', 'taylorshift', 'taylorshift_direct', 'taylorshift_efficient', 'linformer',
+            'performer', 'nystrom', 'linear', 'focused', 'relu']
+
+
+# ------------------------------------------------------------------------------------ measuring
+class PeakMemory:
+    """Peak memory of a block: CUDA allocator peak, or sampled resident-set growth on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.peak_mb = float('nan')
+
+    @staticmethod
+    def _rss() -> int:
+        with open('/proc/self/statm') as f:
+            return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+    def __enter__(self):
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+        elif os.path.exists('/proc/self/statm'):
+            self._base = self._rss()
+            self._peak = self._base
+            self._stop = threading.Event()
+
+            def sample():
+                while not self._stop.is_set():
+                    self._peak = max(self._peak, self._rss())
+                    time.sleep(0.0005)
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize()
+            self.peak_mb = (torch.cuda.max_memory_allocated() - self._base) / 2**20
+        elif hasattr(self, '_thread'):
+            self._stop.set()
+            self._thread.join()
+            self._peak = max(self._peak, self._rss())
+            self.peak_mb = (self._peak - self._base) / 2**20
+        return False
+
+
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def time_fn(fn: Callable, device, warmup: int, repeats: int) -> List[float]:
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def sdpa_backend_used(fn: Callable) -> str:
+    """Which scaled_dot_product_attention kernel ran, from the profiler's op names."""
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=acts) as prof:
+        fn()
+    names = {e.name for e in prof.events()}
+    for key, label in (('flash_attention_for_cpu', 'flash (cpu)'), ('_flash_attention', 'flash'),
+                       ('_efficient_attention', 'mem-efficient'), ('_cudnn_attention', 'cudnn'),
+                       ('_scaled_dot_product_attention_math', 'math'), ('_fused_attention', 'fused')):
+        if any(key in n for n in names):
+            return label
+    return 'math' if any('bmm' in n or 'softmax' in n for n in names) else 'unknown'
+
+
+def run_one(fn_fwd: Callable, inputs: List[torch.Tensor], device, mode: str, args) -> Dict:
+    def fwd():
+        with torch.no_grad():
+            fn_fwd()
+
+    def fwd_bwd():
+        out = fn_fwd()
+        out.float().sum().backward()
+        for t in inputs:
+            t.grad = None
+
+    fn = fwd if mode == 'fwd' else fwd_bwd
+    fn()  # first call outside the memory window (lazy init, allocator growth)
+    with PeakMemory(device) as mem:
+        fn()
+    times = time_fn(fn, device, args.warmup, args.repeats)
+    return dict(ms=statistics.median(times), ms_min=min(times), peak_mem_mb=mem.peak_mb)
+
+
+# ---------------------------------------------------------------------------------------- levels
+def bench_ops(args, device, dtype) -> List[Dict]:
+    rows = []
+    names = args.attn or OP_NAMES
+    for n in args.tokens:
+        table = op_table(args.heads, n, args.head_dim, device, dtype, args)
+        for name in names:
+            if name not in table:
+                raise SystemExit(f'error: unknown attention {name!r}; known: {", ".join(OP_NAMES)}')
+            if name in ('softmax', 'taylorshift_direct') and n > args.max_quadratic_tokens:
+                print(f'skip {name} at N={n} (> --max-quadratic-tokens {args.max_quadratic_tokens})')
+                continue
+            g = torch.Generator().manual_seed(1)
+            shape = (args.batch, args.heads, n, args.head_dim)
+            q, k, v = (torch.randn(shape, generator=g).to(device, dtype).requires_grad_() for _ in range(3))
+            fn = table[name]
+            for mode in args.modes:
+                r = run_one(lambda: fn(q, k, v), [q, k, v], device, mode, args)
+                r.update(level='op', attn=name, tokens=n, batch=args.batch, heads=args.heads,
+                         head_dim=args.head_dim, mode=mode, device=str(device), dtype=args.dtype,
+                         throughput=args.batch * n / (r['ms'] / 1e3))
+                if name == 'softmax':
+                    r['sdpa_backend'] = sdpa_backend_used(lambda: fn(q, k, v))
+                rows.append(r)
+                print_row(r)
+    return rows
+
+
+def parse_size(s: str):
+    h, _, w = s.lower().partition('x')
+    return int(h), int(w or h)
+
+
+def bench_backbones(args, device, dtype) -> List[Dict]:
+    from linattn_mm.models import backbones as bb
+    cls = getattr(bb, args.backbone, None)
+    if cls is None:
+        raise SystemExit(f'error: unknown backbone {args.backbone!r}; '
+                         f'known: {", ".join(n for n in dir(bb) if n.startswith("Lin"))}')
+    rows = []
+    names = args.attn or ['inline', 'taylorshift', 'linformer', 'softmax']
+    for size in args.sizes:
+        h, w = parse_size(size)
+        for name in names:
+            kw = dict(attn_cfg=dict(type=name))
+            if args.arch:
+                kw['arch'] = args.arch
+            model = cls(**kw).to(device).train()
+            x = torch.randn(args.batch, 3, h, w, device=device, requires_grad=False)
+            params = list(model.parameters())
+            for mode in args.modes:
+                def fwd():
+                    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+                        outs = model(x)
+                    return sum(o.float().mean() for o in outs)
+                try:
+                    r = run_one(fwd, params, device, mode, args)
+                except RuntimeError as err:  # e.g. out of memory for quadratic attention at 2048²
+                    print(f'{name} at {h}x{w} {mode}: failed ({str(err).splitlines()[0][:80]})')
+                    if device.type == 'cuda':
+                        torch.cuda.empty_cache()
+                    continue
+                r.update(level='backbone', backbone=args.backbone, attn=name, size=f'{h}x{w}',
+                         tokens=(h // 4) * (w // 4), batch=args.batch, mode=mode, device=str(device),
+                         dtype=args.dtype, img_per_s=args.batch / (r['ms'] / 1e3))
+                rows.append(r)
+                print_row(r)
+            del model
+    return rows
+
+
+# ---------------------------------------------------------------------------------------- output
+def print_row(r: Dict) -> None:
+    what = r.get('size') or r['tokens']
+    extra = f"  sdpa={r['sdpa_backend']}" if 'sdpa_backend' in r else ''
+    print(f"{r['attn']:>22} {str(what):>10} {r['mode']:>7} {r['ms']:10.2f} ms  "
+          f"{r['peak_mem_mb']:9.1f} MB{extra}", flush=True)
+
+
+def print_table(rows: List[Dict]) -> None:
+    if not rows:
+        return
+    key = 'size' if rows[0]['level'] == 'backbone' else 'tokens'
+    base = {(r[key], r['mode']): r['ms'] for r in rows if r['attn'] == 'softmax'}
+    print()
+    hdr = f"| attn | {key} | mode | median ms | peak MB | x softmax |"
+    print(hdr)
+    print('|' + '---|' * 6)
+    for r in rows:
+        b = base.get((r[key], r['mode']))
+        ratio = f'{b / r["ms"]:.1f}' if b else '-'
+        print(f"| {r['attn']} | {r[key]} | {r['mode']} | {r['ms']:.2f} | {r['peak_mem_mb']:.1f} | {ratio} |")
+
+
+def plot(rows: List[Dict], path: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for (attn, mode) in sorted({(r['attn'], r['mode']) for r in rows}):
+        pts = sorted((r['tokens'], r['ms'], r['peak_mem_mb']) for r in rows
+                     if r['attn'] == attn and r['mode'] == mode)
+        xs = [p[0] for p in pts]
+        style = '-o' if mode == 'fwd' else '--s'
+        axes[0].plot(xs, [p[1] for p in pts], style, label=f'{attn} ({mode})', ms=4)
+        axes[1].plot(xs, [max(p[2], 1e-2) for p in pts], style, label=f'{attn} ({mode})', ms=4)
+    for ax, title in zip(axes, ('median time [ms]', 'peak memory [MB]')):
+        ax.set_xscale('log', base=2)
+        ax.set_yscale('log')
+        ax.set_xlabel('tokens N')
+        ax.set_title(title)
+        ax.grid(True, which='both', alpha=0.3)
+    axes[0].legend(fontsize=7)
+    r0 = rows[0]
+    fig.suptitle(f"{r0['level']} level, {r0['device']}, {r0['dtype']}")
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f'plot written to {path}')
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--level', choices=['op', 'backbone'], default='op')
+    p.add_argument('--attn', nargs='+', help=f'attentions (default: all). op level: {", ".join(OP_NAMES)}')
+    p.add_argument('--tokens', nargs='+', type=int, default=[1024, 4096, 16384])
+    p.add_argument('--head-dim', type=int, default=32)
+    p.add_argument('--heads', type=int, default=1)
+    p.add_argument('--batch', type=int, default=1)
+    p.add_argument('--backbone', default='LinPVT', help='backbone level: LinPVT, LinSwin or LinViT')
+    p.add_argument('--arch', help='backbone preset (default: the smallest)')
+    p.add_argument('--sizes', nargs='+', default=['512', '1024'], help='backbone level: H or HxW')
+    p.add_argument('--modes', nargs='+', choices=['fwd', 'fwdbwd'], default=['fwd', 'fwdbwd'])
+    p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    p.add_argument('--dtype', choices=list(DTYPES), help='default: bf16 on CUDA, fp32 on CPU')
+    p.add_argument('--warmup', type=int, default=1)
+    p.add_argument('--repeats', type=int, default=5)
+    p.add_argument('--threads', type=int, help='torch CPU threads (default: torch default)')
+    p.add_argument('--proj-len', type=int, default=64, help='Linformer projected length')
+    p.add_argument('--num-features', type=int, default=64, help='Performer random features')
+    p.add_argument('--num-landmarks', type=int, default=64, help='Nystromformer landmarks')
+    p.add_argument('--max-quadratic-tokens', type=int, default=65536,
+                   help='skip O(N^2) attentions above this many tokens')
+    p.add_argument('--out', help='write rows as JSON')
+    p.add_argument('--plot', help='write a log-log plot of time and memory against tokens (PNG)')
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> List[Dict]:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        raise SystemExit('error: --device cuda but no CUDA device is visible; use --device cpu')
+    args.dtype = args.dtype or ('bf16' if device.type == 'cuda' else 'fp32')
+    dtype = DTYPES[args.dtype]
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f'torch {torch.__version__}, device {device}, dtype {args.dtype}, threads {torch.get_num_threads()}')
+    rows = bench_ops(args, device, dtype) if args.level == 'op' else bench_backbones(args, device, dtype)
+    print_table(rows)
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, 'w') as f:
+            json.dump(rows, f, indent=1)
+        print(f'{len(rows)} rows written to {args.out}')
+    if args.plot:
+        plot(rows, args.plot)
+    return rows
+
+
+if __name__ == '__main__':
+    main()
