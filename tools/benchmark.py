@@ -48,7 +48,7 @@ def op_table(h: int, n: int, d: int, device, dtype, args) -> Dict[str, Callable]
     feats = ops.orthogonal_random_features(args.num_features, d, generator=g).to(device, dtype)
     return {
         'softmax': lambda q, k, v: ops.softmax_attention(q, k, v),
-        'inline': lambda q, k, v: ops.inline_attention(q, k, v),
+        'inline': lambda q, k, v: ops.inline_attention(q, k, v, backend=args.backend),
         'taylorshift': lambda q, k, v: ops.taylor_attention(q, k, v, mode='auto'),
         'taylorshift_direct': lambda q, k, v: ops.taylor_attention(q, k, v, mode='direct'),
         'taylorshift_efficient': lambda q, k, v: ops.taylor_attention(q, k, v, mode='efficient'),
@@ -162,6 +162,7 @@ def run_one(fn_fwd: Callable, inputs: List[torch.Tensor], device, mode: str, arg
 
 # ---------------------------------------------------------------------------------------- levels
 def bench_ops(args, device, dtype) -> List[Dict]:
+    from linattn_mm.ops.backend import resolve_backend
     rows = []
     names = args.attn or OP_NAMES
     for n in args.tokens:
@@ -180,6 +181,7 @@ def bench_ops(args, device, dtype) -> List[Dict]:
                 r = run_one(lambda: fn(q, k, v), [q, k, v], device, mode, args)
                 r.update(level='op', attn=name, tokens=n, batch=args.batch, heads=args.heads,
                          head_dim=args.head_dim, mode=mode, device=str(device), dtype=args.dtype,
+                         backend=resolve_backend(args.backend, q, k, v) if name == 'inline' else 'torch',
                          throughput=args.batch * n / (r['ms'] / 1e3))
                 if name == 'softmax':
                     r['sdpa_backend'] = sdpa_backend_used(lambda: fn(q, k, v))
@@ -299,6 +301,8 @@ def parse_args(argv=None):
     p.add_argument('--warmup', type=int, default=1)
     p.add_argument('--repeats', type=int, default=5)
     p.add_argument('--threads', type=int, help='torch CPU threads (default: torch default)')
+    p.add_argument('--backend', choices=['auto', 'torch', 'triton'], default='auto',
+                   help='ops with a fused path (inline): auto = Triton on CUDA, torch otherwise')
     p.add_argument('--proj-len', type=int, default=64, help='Linformer projected length')
     p.add_argument('--num-features', type=int, default=64, help='Performer random features')
     p.add_argument('--num-landmarks', type=int, default=64, help='Nystromformer landmarks')
