@@ -1,0 +1,56 @@
+"""Normalised kernel (feature-map) attention shared by elu+1, ReLU, focused and Performer attention.
+
+With feature maps ``phi_q`` (B, H, Nq, M) and ``phi_k`` (B, H, Nk, M) of non-negative entries, and the N
+valid keys of a sample,
+
+    o_i = (phi_q_i^T (sum_j phi_k_j v_j^T) / N) / (phi_q_i^T (sum_j phi_k_j) / N + eps)
+
+i.e. the weights ``phi_q_i . phi_k_j`` normalised per row (Katharopoulos et al., ICML 2020, eq. 5). The
+``1/N`` on both sides cancels except against ``eps``; it keeps the state bounded whatever N is, so half
+precision does not overflow. Reductions run in float32 (or float64) and the result is cast back: the
+"fp32 island" EfficientViT uses for its ReLU attention.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def kernelized_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor],
+                         eps: float, out_dtype: torch.dtype) -> Tensor:
+    """Fast path, O(N·M·Dv): never forms the (Nq, Nk) weights."""
+    acc = acc_dtype(out_dtype)
+    phi_q, phi_k, v = phi_q.to(acc), phi_k.to(acc), v.to(acc)
+    if key_padding_mask is not None:
+        pad = key_padding_mask[:, None, :, None]
+        phi_k = phi_k.masked_fill(pad, 0.)
+        v = v.masked_fill(pad, 0.)   # masked_fill, not a product: garbage (inf) in padding must not leak
+        n = (~key_padding_mask).sum(-1).clamp_min(1).to(acc)[:, None, None, None]
+    else:
+        n = torch.tensor(float(max(phi_k.shape[2], 1)), dtype=acc, device=v.device)
+    kv = phi_k.transpose(-2, -1) @ v / n                       # (B, H, M, Dv)
+    k_mean = phi_k.sum(-2, keepdim=True) / n                   # (B, H, 1, M)
+    num = phi_q @ kv
+    den = phi_q @ k_mean.transpose(-2, -1) + eps               # (B, H, Nq, 1)
+    # features are >= 0, so den == 0 means every weight of the row is 0 and so is num (e.g. a sample
+    # whose keys are all padding): the row's output is 0, not 0/0
+    return (num / den.masked_fill(den == 0, 1.)).to(out_dtype)
+
+
+def kernelized_attention_naive(phi_q: Tensor, phi_k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor],
+                               eps: float) -> Tensor:
+    """Materialised twin: builds the (B, H, Nq, Nk) weights ``phi_q phi_k^T`` (tests only)."""
+    w = phi_q @ phi_k.transpose(-2, -1)
+    n = float(max(phi_k.shape[2], 1))
+    if key_padding_mask is not None:
+        w = w.masked_fill(key_padding_mask[:, None, None, :], 0.)
+        v = v.masked_fill(key_padding_mask[:, None, :, None], 0.)
+        n = (~key_padding_mask).sum(-1).clamp_min(1).to(w.dtype)[:, None, None, None]
+    den = w.sum(-1, keepdim=True) / n + eps
+    return (w @ v / n) / den.masked_fill(den == 0, 1.)
