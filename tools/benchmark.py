@@ -1,6 +1,7 @@
 #!/bin/sh
-''''p="$(dirname "$0")/../.venv/bin/python"; [ -x "$p" ] || p=python3; exec "$p" "$0" "$@" # '''
-"""Speed and memory of every attention of the library, with softmax (SDPA) as the baseline.
+''''test -x "$(dirname "$0")/../.venv/bin/python" && exec "$(dirname "$0")/../.venv/bin/python" "$0" "$@"; exec python3 "$0" "$@" # '''
+# (the line above lets `tools/benchmark.py ...` run with the project's .venv; Python sees a string)
+__doc__ = """Speed and memory of every attention of the library, with softmax (SDPA) as the baseline.
 
 Levels:
   op        the functional op alone over token counts: q, k, v of shape (B, H, N, D)
@@ -13,19 +14,16 @@ Examples::
   tools/benchmark.py --level backbone --backbone LinPVT --attn inline softmax --sizes 512 1024x2048
 
 Each row reports the median wall time of ``--repeats`` runs after ``--warmup``, throughput, peak memory
-(CUDA: ``max_memory_allocated``; CPU: peak resident-set growth over the baseline, sampled every 0.5 ms
-from /proc), and for softmax which SDPA backend actually ran (read from the profiler's kernel names).
+(CUDA: ``max_memory_allocated``; CPU: the resident-set high-water mark above the block's start, see
+``PeakMemory``), and for softmax which SDPA backend actually ran (read from the profiler's kernel names).
 Speed and memory live here, never in timed tests.
 """
-from __future__ import annotations
-
 import argparse
 import json
 import math
 import os
 import statistics
 import sys
-import threading
 import time
 from typing import Callable, Dict, List, Optional
 
@@ -33,6 +31,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+os.environ.setdefault('KINETO_LOG_LEVEL', '5')  # keep the profiler quiet
 import torch  # noqa: E402
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp64': torch.float64}
@@ -66,45 +65,61 @@ OP_NAMES = ['softmax', 'inline', 'taylorshift', 'taylorshift_direct', 'taylorshi
 
 
 # ------------------------------------------------------------------------------------ measuring
+def _status_bytes(key: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+    raise KeyError(key)
+
+
+def use_exact_cpu_memory_accounting() -> bool:
+    """Make the process RSS follow tensor allocations: glibc's malloc otherwise keeps freed large blocks
+    (its mmap threshold grows after frees) and reuses them, so RSS says nothing about a block's peak.
+    Fixing the mmap/trim thresholds at 64 KiB makes every sizeable tensor its own mapping, returned on free.
+    """
+    try:
+        import ctypes
+        libc = ctypes.CDLL('libc.so.6')
+        return bool(libc.mallopt(-3, 1 << 16) and libc.mallopt(-1, 1 << 16))  # M_MMAP_/M_TRIM_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
 class PeakMemory:
-    """Peak memory of a block: CUDA allocator peak, or sampled resident-set growth on CPU."""
+    """Peak memory of a block above what was in use at its start.
+
+    CUDA: the caching allocator's ``max_memory_allocated``. CPU (Linux): the kernel's resident-set high-water
+    mark (``VmHWM``), reset at the start of the block through ``/proc/self/clear_refs``; with
+    :func:`use_exact_cpu_memory_accounting` this tracks tensor allocations. NaN where neither is available.
+    """
 
     def __init__(self, device: torch.device):
         self.device = device
         self.peak_mb = float('nan')
 
-    @staticmethod
-    def _rss() -> int:
-        with open('/proc/self/statm') as f:
-            return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
-
     def __enter__(self):
+        self._cpu = False
         if self.device.type == 'cuda':
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self._base = torch.cuda.memory_allocated()
-        elif os.path.exists('/proc/self/statm'):
-            self._base = self._rss()
-            self._peak = self._base
-            self._stop = threading.Event()
-
-            def sample():
-                while not self._stop.is_set():
-                    self._peak = max(self._peak, self._rss())
-                    time.sleep(0.0005)
-            self._thread = threading.Thread(target=sample, daemon=True)
-            self._thread.start()
+        else:
+            try:
+                self._base = _status_bytes('VmRSS:')
+                with open('/proc/self/clear_refs', 'w') as f:
+                    f.write('5')  # reset VmHWM to the current RSS
+                self._cpu = True
+            except (OSError, KeyError):
+                pass
         return self
 
     def __exit__(self, *exc):
         if self.device.type == 'cuda':
             torch.cuda.synchronize()
             self.peak_mb = (torch.cuda.max_memory_allocated() - self._base) / 2**20
-        elif hasattr(self, '_thread'):
-            self._stop.set()
-            self._thread.join()
-            self._peak = max(self._peak, self._rss())
-            self.peak_mb = (self._peak - self._base) / 2**20
+        elif self._cpu:
+            self.peak_mb = max(_status_bytes('VmHWM:') - self._base, 0) / 2**20
         return False
 
 
@@ -153,11 +168,55 @@ def run_one(fn_fwd: Callable, inputs: List[torch.Tensor], device, mode: str, arg
             t.grad = None
 
     fn = fwd if mode == 'fwd' else fwd_bwd
-    fn()  # first call outside the memory window (lazy init, allocator growth)
+    if args.memory_pass:  # child process of a CPU run: memory only, see measure_cpu_memory_in_child
+        return dict(ms=float('nan'), ms_min=float('nan'), peak_mem_mb=measure_memory(fn, device))
+    times = time_fn(fn, device, args.warmup, args.repeats)
+    row = dict(ms=statistics.median(times), ms_min=min(times), peak_mem_mb=float('nan'))
+    if device.type == 'cuda':
+        row['peak_mem_mb'] = measure_memory(fn, device)
+    return row
+
+
+def measure_memory(fn: Callable, device) -> float:
+    fn()  # first call outside the window (lazy init, allocator growth)
     with PeakMemory(device) as mem:
         fn()
-    times = time_fn(fn, device, args.warmup, args.repeats)
-    return dict(ms=statistics.median(times), ms_min=min(times), peak_mem_mb=mem.peak_mb)
+    return mem.peak_mb
+
+
+def measure_cpu_memory_in_child(argv: List[str], rows: List[Dict]) -> None:
+    """CPU peak memory needs exact allocation accounting (see :func:`use_exact_cpu_memory_accounting`), which
+    slows allocation down; so the same rows are re-run for memory alone in a fresh child process."""
+    import subprocess
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, 'mem.json')
+        child = _drop_option_values(argv, ('--plot', '--out')) + ['--memory-pass', '--out', out]
+        res = subprocess.run([sys.executable, os.path.abspath(__file__)] + child, capture_output=True, text=True)
+        if res.returncode != 0 or not os.path.exists(out):
+            print('memory pass failed; peak memory left as NaN:\n' + res.stderr[-2000:])
+            return
+        with open(out) as f:
+            mems = json.load(f)
+    key = lambda r: (r['attn'], r.get('size', r['tokens']), r['mode'])  # noqa: E731
+    by_key = {key(m): m['peak_mem_mb'] for m in mems}
+    for r in rows:
+        r['peak_mem_mb'] = by_key.get(key(r), float('nan'))
+
+
+def _drop_option_values(argv: List[str], options) -> List[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in options:
+            skip = True
+            continue
+        if any(a.startswith(o + '=') for o in options):
+            continue
+        out.append(a)
+    return out
 
 
 # ---------------------------------------------------------------------------------------- levels
@@ -237,8 +296,8 @@ def bench_backbones(args, device, dtype) -> List[Dict]:
 def print_row(r: Dict) -> None:
     what = r.get('size') or r['tokens']
     extra = f"  sdpa={r['sdpa_backend']}" if 'sdpa_backend' in r else ''
-    print(f"{r['attn']:>22} {str(what):>10} {r['mode']:>7} {r['ms']:10.2f} ms  "
-          f"{r['peak_mem_mb']:9.1f} MB{extra}", flush=True)
+    mem = '' if r['peak_mem_mb'] != r['peak_mem_mb'] else f"{r['peak_mem_mb']:9.1f} MB"  # NaN: measured later
+    print(f"{r['attn']:>22} {str(what):>10} {r['mode']:>7} {r['ms']:10.2f} ms  {mem}{extra}", flush=True)
 
 
 def print_table(rows: List[Dict]) -> None:
@@ -309,6 +368,7 @@ def parse_args(argv=None):
     p.add_argument('--max-quadratic-tokens', type=int, default=65536,
                    help='skip O(N^2) attentions above this many tokens')
     p.add_argument('--out', help='write rows as JSON')
+    p.add_argument('--memory-pass', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--plot', help='write a log-log plot of time and memory against tokens (PNG)')
     return p.parse_args(argv)
 
@@ -320,10 +380,14 @@ def main(argv=None) -> List[Dict]:
         raise SystemExit('error: --device cuda but no CUDA device is visible; use --device cpu')
     args.dtype = args.dtype or ('bf16' if device.type == 'cuda' else 'fp32')
     dtype = DTYPES[args.dtype]
+    if args.memory_pass:
+        use_exact_cpu_memory_accounting()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f'torch {torch.__version__}, device {device}, dtype {args.dtype}, threads {torch.get_num_threads()}')
     rows = bench_ops(args, device, dtype) if args.level == 'op' else bench_backbones(args, device, dtype)
+    if device.type == 'cpu' and not args.memory_pass:
+        measure_cpu_memory_in_child(sys.argv[1:] if argv is None else list(argv), rows)
     print_table(rows)
     if args.out:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
