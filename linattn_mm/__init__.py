@@ -1,10 +1,22 @@
 """linattn_mm: linear-complexity attention backbones for MMDetection 3.x and MMSegmentation 1.x.
 
-Importing the package (configs do it through ``custom_imports=dict(imports=['linattn_mm'])``) makes
-mmengine's checkpoint loading and resume safe on torch >= 2.6 (see :mod:`linattn_mm.utils.safe_checkpoint`).
+Importing the package (configs do it through ``custom_imports=dict(imports=['linattn_mm'])``):
+
+* makes mmengine's checkpoint loading and resume safe on torch >= 2.6
+  (see :mod:`linattn_mm.utils.safe_checkpoint`);
+* registers the backbones in the ``linattn_mm`` registry scope (``type='linattn_mm.LinPVT'``) and as timm
+  models.
+
+``linattn_mm.ops`` and ``linattn_mm.layers`` need only torch; the models need mmengine and timm, never
+mmcv's compiled ops.
 """
+import importlib.util as _ilu
+
 from .utils.safe_checkpoint import install as _install_safe_checkpoint
 
 __version__ = '0.1.0'
 
 _install_safe_checkpoint()
+
+if _ilu.find_spec('mmengine') is not None and _ilu.find_spec('timm') is not None:
+    from . import models  # noqa: F401,E402  (registers backbones)

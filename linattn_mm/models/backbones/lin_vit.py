@@ -1,0 +1,118 @@
+"""LinViT: a plain ViT (DeiT / TaylorShift ViT presets) with a ViTDet simple feature pyramid.
+
+Plain ViT (A. Dosovitskiy et al., ICLR 2021; DeiT, H. Touvron et al., ICML 2021) with InLine attention
+(InLine-DeiT, D. Han et al., NeurIPS 2024) or TaylorShift attention (T. Nauen et al., ICPR 2024). For dense
+prediction the stride-16 token map is turned into strides 4/8/16/32 by the simple feature pyramid of ViTDet
+(Y. Li et al., "Exploring Plain Vision Transformer Backbones for Object Detection", ECCV 2022):
+two / one 2x transposed convs, identity, and 2x max-pooling. No class token (dense prediction); the position
+table is defined at 224 px and interpolated to the actual (possibly non-square) grid.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Union
+
+import torch
+from timm.layers import LayerNorm2d, trunc_normal_
+from torch import Tensor, nn
+
+from linattn_mm.registry import MODELS
+
+from ._base import LinBackboneBase, interpolate_pos, resize_pos_embed, resolve_arch
+from ._blocks import Block, PatchEmbed, tokens_to_map
+
+VIT_PRESETS: Dict[str, dict] = {
+    'deit_t': dict(embed_dims=192, depth=12, num_heads=3, attn='inline'),
+    'deit_s': dict(embed_dims=384, depth=12, num_heads=6, attn='inline'),
+    'deit_b': dict(embed_dims=768, depth=12, num_heads=12, attn='inline'),
+    'taylor_t': dict(embed_dims=192, depth=12, num_heads=3, attn='taylorshift'),
+    'taylor_s': dict(embed_dims=384, depth=12, num_heads=6, attn='taylorshift'),
+}
+
+
+@MODELS.register_module()
+class LinViT(LinBackboneBase):
+    """Plain ViT + simple feature pyramid.
+
+    Args:
+        arch: 'deit_t', 'deit_s', 'deit_b' (InLine-DeiT), 'taylor_t', 'taylor_s' (TaylorShift ViT) or a dict
+            (``embed_dims``, ``depth``, ``num_heads``, optional ``attn``).
+        attn_cfg: attention of every block (dict or name); default the preset's.
+        patch_size: 16. pretrain_img_size: size the position table is defined for (224).
+        out_indices: pyramid levels returned (0..3 = strides 4, 8, 16, 32); channels C/4, C/2, C, C.
+        frozen_stages: k >= 0 freezes the patch embedding, the position table and the first (k+1)/4 of the
+            blocks. Others as :class:`LinPVT`.
+    """
+
+    def __init__(self, arch: Union[str, dict] = 'deit_t', attn_cfg=None, in_channels: int = 3,
+                 patch_size: int = 16, pretrain_img_size: int = 224, mlp_ratio: float = 4., qkv_bias: bool = True,
+                 out_indices: Sequence[int] = (0, 1, 2, 3), drop_rate: float = 0., attn_drop_rate: float = 0.,
+                 drop_path_rate: float = 0.1, frozen_stages: int = -1, norm_eval: bool = False,
+                 with_cp: bool = False, init_cfg: Optional[dict] = None):
+        super().__init__(out_indices, frozen_stages, norm_eval, init_cfg)
+        a = resolve_arch(arch, VIT_PRESETS, 'LinViT')
+        c, depth, heads = a['embed_dims'], a['depth'], a['num_heads']
+        if attn_cfg is None:
+            attn_cfg = dict(type=a.get('attn', 'inline'))
+        if isinstance(attn_cfg, (list, tuple)):
+            raise ValueError('LinViT: attn_cfg must be one dict (a plain ViT has a single stage)')
+        attn_cfg = dict(type=attn_cfg) if isinstance(attn_cfg, str) else dict(attn_cfg)
+        self.num_stages = 4
+        self._check_out_indices(4)
+        self.depth = depth
+        self.stage_channels = [c // 4, c // 2, c, c]
+        self.stage_strides = [patch_size // 4, patch_size // 2, patch_size, patch_size * 2]
+        self.patch_embed = PatchEmbed(in_channels, c, patch_size, norm=False)
+        ref = pretrain_img_size // patch_size
+        self.pos_hw = (ref, ref)
+        self.pos_embed = nn.Parameter(torch.zeros(1, ref * ref, c))
+        trunc_normal_(self.pos_embed, std=.02)
+        self.pos_drop = nn.Dropout(drop_rate)
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList([Block(c, heads, attn_cfg, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
+                                           dpr[j], with_cp=with_cp) for j in range(depth)])
+        self.norm = nn.LayerNorm(c, eps=1e-6)
+        self.fpn1 = nn.Sequential(nn.ConvTranspose2d(c, c // 2, 2, 2), LayerNorm2d(c // 2), nn.GELU(),
+                                  nn.ConvTranspose2d(c // 2, c // 4, 2, 2))
+        self.fpn2 = nn.ConvTranspose2d(c, c // 2, 2, 2)
+        self.fpn3 = nn.Identity()
+        self.fpn4 = nn.MaxPool2d(2, ceil_mode=True)
+        self.init_weights()
+
+    def _stage_modules(self, i: int) -> List[nn.Module]:
+        self.pos_embed.requires_grad = False
+        n = (i + 1) * self.depth // 4
+        start = i * self.depth // 4
+        mods = list(self.blocks[start:n])
+        if i == 0:
+            mods.append(self.patch_embed)
+        return mods
+
+    def forward(self, x: Tensor):
+        in_hw = x.shape[-2:]
+        x, hw = self.patch_embed(x)
+        x = self.pos_drop(x + interpolate_pos(self.pos_embed, self.pos_hw, hw))
+        for blk in self.blocks:
+            x = blk(x, hw)
+        m = tokens_to_map(self.norm(x), hw)
+        fpn = (self.fpn1, self.fpn2, self.fpn3, self.fpn4)
+        outs = []
+        for i in self.out_indices:
+            s = self.stage_strides[i]
+            # the patch embedding padded the image to a multiple of 16: crop back to ceil(H / stride)
+            outs.append(fpn[i](m)[..., :-(-in_hw[0] // s), :-(-in_hw[1] // s)])
+        return tuple(outs)
+
+    def convert_official(self, state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        """Official InLine-DeiT / TaylorShift-ViT (timm layout) -> ours: drop ``head``/``cls_token`` (and
+        ``dist_token``), and the class/distillation entries of ``pos_embed``."""
+        out = {}
+        for k, v in state_dict.items():
+            if k.startswith(('head', 'cls_token', 'dist_token', 'fc_norm')):
+                continue
+            if k == 'pos_embed' and v.dim() == 3:
+                n_extra = v.shape[1] - int(round(v.shape[1] ** 0.5)) ** 2
+                v = v[:, n_extra:]
+                if v.shape[1] != self.pos_embed.shape[1]:
+                    v = resize_pos_embed(v, self.pos_embed.shape[1])
+            out[k] = v
+        return out
