@@ -26,8 +26,17 @@ class LinBackboneBase(BaseModule):
     stage_strides: List[int]
 
     def __init__(self, out_indices: Sequence[int], frozen_stages: int = -1, norm_eval: bool = False,
-                 init_cfg: Optional[dict] = None):
+                 init_cfg: Optional[dict] = None, pretrained: Optional[str] = None):
         super().__init__(init_cfg=None)
+        if pretrained is not None:
+            # mmseg's EncoderDecoder hands its model-level ``pretrained`` to the backbone; stock configs point
+            # it at ImageNet ResNet weights, which cannot fit ours: ignore those (with a note) so swapping the
+            # backbone stays a one-line change, and treat any other path as init_cfg=Pretrained.
+            if str(pretrained).startswith(('open-mmlab://', 'torchvision://', 'mmcls://')):
+                print_log(f'{type(self).__name__}: ignoring pretrained={pretrained!r} (weights of another '
+                          f'backbone); use init_cfg=dict(type="Pretrained", checkpoint=...)', logger='current')
+            elif init_cfg is None:
+                init_cfg = dict(type='Pretrained', checkpoint=pretrained)
         self._pretrained_cfg = copy.deepcopy(init_cfg)
         self.out_indices = tuple(out_indices)
         self.frozen_stages = frozen_stages

@@ -56,8 +56,9 @@ class LinPVT(LinBackboneBase):
                  out_indices: Sequence[int] = (0, 1, 2, 3), overlap_patch_embed: bool = False,
                  pretrain_img_size: int = 224, qkv_bias: bool = True, drop_rate: float = 0.,
                  attn_drop_rate: float = 0., drop_path_rate: float = 0.1, frozen_stages: int = -1,
-                 norm_eval: bool = False, with_cp: bool = False, init_cfg: Optional[dict] = None):
-        super().__init__(out_indices, frozen_stages, norm_eval, init_cfg)
+                 norm_eval: bool = False, with_cp: bool = False, init_cfg: Optional[dict] = None,
+                 pretrained: Optional[str] = None):
+        super().__init__(out_indices, frozen_stages, norm_eval, init_cfg, pretrained)
         a = resolve_arch(arch, PVT_PRESETS, 'LinPVT')
         dims, heads, depths = a['embed_dims'], a['num_heads'], a['depths']
         mlp_ratios = a.get('mlp_ratios', [4] * len(depths))

@@ -91,8 +91,9 @@ class LinSwin(LinBackboneBase):
                  in_channels: int = 3, window_size: int = 7, mlp_ratio: float = 4., qkv_bias: bool = True,
                  out_indices: Sequence[int] = (0, 1, 2, 3), drop_rate: float = 0., attn_drop_rate: float = 0.,
                  drop_path_rate: float = 0.1, frozen_stages: int = -1, norm_eval: bool = False,
-                 with_cp: bool = False, init_cfg: Optional[dict] = None):
-        super().__init__(out_indices, frozen_stages, norm_eval, init_cfg)
+                 with_cp: bool = False, init_cfg: Optional[dict] = None,
+                 pretrained: Optional[str] = None):
+        super().__init__(out_indices, frozen_stages, norm_eval, init_cfg, pretrained)
         a = resolve_arch(arch, SWIN_PRESETS, 'LinSwin')
         c0, depths, heads = a['embed_dims'], a['depths'], a['num_heads']
         self.num_stages = len(depths)

@@ -47,8 +47,9 @@ class LinViT(LinBackboneBase):
                  patch_size: int = 16, pretrain_img_size: int = 224, mlp_ratio: float = 4., qkv_bias: bool = True,
                  out_indices: Sequence[int] = (0, 1, 2, 3), drop_rate: float = 0., attn_drop_rate: float = 0.,
                  drop_path_rate: float = 0.1, frozen_stages: int = -1, norm_eval: bool = False,
-                 with_cp: bool = False, init_cfg: Optional[dict] = None):
-        super().__init__(out_indices, frozen_stages, norm_eval, init_cfg)
+                 with_cp: bool = False, init_cfg: Optional[dict] = None,
+                 pretrained: Optional[str] = None):
+        super().__init__(out_indices, frozen_stages, norm_eval, init_cfg, pretrained)
         a = resolve_arch(arch, VIT_PRESETS, 'LinViT')
         c, depth, heads = a['embed_dims'], a['depth'], a['num_heads']
         if attn_cfg is None:
