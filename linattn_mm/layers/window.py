@@ -94,6 +94,8 @@ class WindowAttention(BaseAttention):
         b, n, c = x.shape
         wh, ww = self.window_size
         sh, sw = self.shift_size
+        if h <= wh and w <= ww:
+            sh = sw = 0  # one window holds the whole grid: shifting would only cut it apart (as Swin does)
         hp, wp = -(-h // wh) * wh, -(-w // ww) * ww
         # padding map: user padding + the window padding, rolled and partitioned exactly like the tokens
         pad = torch.zeros(b, h, w, dtype=torch.bool, device=x.device) if key_padding_mask is None \

@@ -79,3 +79,16 @@ def test_shift_must_be_smaller_than_window():
 def test_relative_position_index_not_in_state_dict():
     keys = set(WindowAttention(16, 2, window_size=4).state_dict())
     assert keys == {'qkv.weight', 'qkv.bias', 'proj.weight', 'proj.bias', 'relative_position_bias_table'}
+
+
+def test_shift_is_skipped_when_one_window_holds_the_grid():
+    """Swin's rule (and the official InLine-Swin checkpoints' behaviour at 7x7): no shift inside one window."""
+    from linattn_mm.layers import build_attention
+    torch.manual_seed(0)
+    plain = build_attention(dict(type='window', window_size=7), 16, 2).eval()
+    shifted = build_attention(dict(type='window', window_size=7, shift_size=3), 16, 2).eval()
+    shifted.load_state_dict(plain.state_dict())
+    x = torch.randn(2, 5 * 6, 16)
+    torch.testing.assert_close(shifted(x, (5, 6)), plain(x, (5, 6)))
+    y = torch.randn(1, 9 * 9, 16)
+    assert not torch.allclose(shifted(y, (9, 9)), plain(y, (9, 9)))  # larger grids do shift
