@@ -56,13 +56,47 @@ def load_config(args: argparse.Namespace):
 
 
 def _use_gloo_without_cuda(cfg) -> None:
-    """NCCL needs GPUs: on a CPU machine the distributed runner talks over gloo."""
+    """Distributed runs on a machine without GPUs (torchrun, gloo).
+
+    mmengine 0.10.7 assumes CUDA there: ``init_dist`` calls ``torch.cuda.set_device`` and the DDP wrapper
+    gets ``device_ids=[LOCAL_RANK]``. So on CPU we open the gloo process group ourselves (mmengine then
+    skips its own init) and wrap the model with :class:`CPUDistributedDataParallel`.
+    """
     import torch
+    import torch.distributed as dist
     if torch.cuda.is_available():
         return
     env = cfg.setdefault('env_cfg', {})
-    dist_cfg = env.setdefault('dist_cfg', {})
-    dist_cfg['backend'] = 'gloo'
+    env.setdefault('dist_cfg', {})['backend'] = 'gloo'
+    if cfg.launcher == 'pytorch' and not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+    _register_cpu_ddp()
+    cfg.model_wrapper_cfg = dict(type='CPUDistributedDataParallel',
+                                 find_unused_parameters=cfg.get('find_unused_parameters', False))
+
+
+def _register_cpu_ddp() -> None:
+    from mmengine.model import MMDistributedDataParallel, revert_sync_batchnorm
+    from mmengine.registry import MODEL_WRAPPERS
+    if 'CPUDistributedDataParallel' in MODEL_WRAPPERS.module_dict:
+        return
+
+    @MODEL_WRAPPERS.register_module()
+    class CPUDistributedDataParallel(MMDistributedDataParallel):
+        """mmengine's DDP wrapper for CPU processes: no device ids, and SyncBN (CUDA-only in torch)
+        reverted to per-process BN, which the log states."""
+
+        def __init__(self, module, device_ids=None, **kwargs):
+            from mmengine.logging import print_log
+            has_sync = any(isinstance(m, torch.nn.SyncBatchNorm) or 'SyncBatchNorm' in type(m).__name__
+                           for m in module.modules())
+            if has_sync:
+                print_log('SyncBN needs CUDA: using per-process BatchNorm on CPU', logger='current')
+                module = revert_sync_batchnorm(module)
+            kwargs.setdefault('broadcast_buffers', False)
+            super().__init__(module=module, device_ids=None, **kwargs)
+
+    import torch  # noqa: F401  (used in the class body above)
 
 
 def build_runner(cfg):
