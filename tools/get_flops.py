@@ -98,6 +98,19 @@ def make_samples(scope: str, h: int, w: int):
     return None
 
 
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """torch's counter knows the CUDA SDPA kernels but not the CPU flash kernel: 2 FLOPs per MAC."""
+    batch = 1
+    for s in query_shape[:-2]:
+        batch *= s
+    return 2 * batch * query_shape[-2] * key_shape[-2] * (query_shape[-1] + value_shape[-1])
+
+
+def _torch_custom_mapping():
+    op = getattr(torch.ops.aten, '_scaled_dot_product_flash_attention_for_cpu', None)
+    return {op: _cpu_sdpa_flops} if op is not None else {}
+
+
 def count(model: nn.Module, x: torch.Tensor):
     from mmengine.analysis import FlopAnalyzer
     from torch.utils.flop_counter import FlopCounterMode
@@ -107,10 +120,11 @@ def count(model: nn.Module, x: torch.Tensor):
     fa.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings('none')
     macs = fa.total()
     skipped = dict(fa.unsupported_ops())
-    with FlopCounterMode(display=False) as fc:
+    by_op = dict(fa.by_operator())
+    with FlopCounterMode(display=False, custom_mapping=_torch_custom_mapping()) as fc:
         with torch.no_grad():
             model(x)
-    return macs, fc.get_total_flops(), skipped
+    return macs, fc.get_total_flops(), skipped, by_op
 
 
 def main(argv=None):
@@ -132,7 +146,7 @@ def main(argv=None):
     samples = None if args.backbone_only else make_samples(scope, h, w)
     wrapped = _Wrapped(model, samples, args.backbone_only).eval()
     x = torch.randn(1, 3, h, w)
-    macs, torch_flops, skipped = count(wrapped, x)
+    macs, torch_flops, skipped, by_op = count(wrapped, x)
     params = sum(p.numel() for p in model.parameters())
     part = 'backbone+neck' if args.backbone_only else 'whole model (tensor mode)'
     print(f'config:       {args.config}')
@@ -144,7 +158,7 @@ def main(argv=None):
     if skipped:
         print('not counted by mmengine (elementwise or unknown): ' +
               ', '.join(f'{k} x{v}' for k, v in sorted(skipped.items())))
-    return dict(macs=macs, torch_flops=torch_flops, params=params)
+    return dict(macs=macs, torch_flops=torch_flops, params=params, by_operator=by_op)
 
 
 if __name__ == '__main__':
