@@ -1,0 +1,3 @@
+# Mask R-CNN + LinPVT-T with linformer attention in all stages, COCO 3x.
+_base_ = ['./mask-rcnn_linpvt-t-inline_fpn_3x_coco.py']
+model = dict(backbone=dict(attn_cfg=dict(_delete_=True, type='linformer', proj_len=64)))
