@@ -1,6 +1,7 @@
 """Focused linear attention (FLatten, Han et al., ICCV 2023).
 
-``phi_p(x) = ||x'|| * x'^p / ||x'^p||`` with ``x' = relu(x) / softplus(scale)``: a focusing function that sharpens
+``phi_p(x) = ||x'|| * x'^p / ||x'^p||`` with ``x' = (relu(x) + 1e-6) / softplus(scale)``, taken over all
+C channels before the head split as in the official code: a focusing function that sharpens
 the attention distribution while keeping linear cost, plus a depthwise conv on V (``dwc``) that restores the
 feature diversity (rank) a low-rank linear attention loses. Parameter names follow the official code
 (LeapLabTHU/FLatten-Transformer): ``qkv`` (Swin) or ``q`` + ``kv`` (PVT), ``proj``, ``dwc`` (one
@@ -17,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops._utils import merge_heads
-from ..ops.focused import focused_linear_attention
+from ..ops._kernelized import kernelized_attention
+from ..ops.focused.torch_impl import KERNEL_EPS, focusing_function
 from .base import BaseAttention
 
 
@@ -58,10 +60,12 @@ class FocusedLinearAttention(BaseAttention):
         q, k, v = self.project_qkv(x)
         if self.pos_hw is not None:
             k = k + self._pos(hw)
-        # relu(x) / s == relu(x / s) for s > 0: the learnable scale folds into the inputs of the op
+        # as the official code: (relu(x) + 1e-6) / softplus(scale), then the focusing function over all C
+        # channels (before the head split), then normalised linear attention per head
         s = F.softplus(self.scale)
-        out = focused_linear_attention(self.heads(q / s), self.heads(k / s), self.heads(v),
-                                       focusing_factor=self.focusing_factor, key_padding_mask=key_padding_mask)
+        phi_q, phi_k = (focusing_function((F.relu(t) + KERNEL_EPS) / s, self.focusing_factor) for t in (q, k))
+        out = kernelized_attention(self.heads(phi_q), self.heads(phi_k), self.heads(v), key_padding_mask,
+                                   eps=1e-6, out_dtype=v.dtype)
         vmap = self.to_map(v, hw, key_padding_mask)                                 # (B, C, H, W)
         vmap = vmap.reshape(b * self.num_heads, self.head_dims, hw[0], hw[1])
         local = self.dwc(vmap).reshape(b, c, n).transpose(1, 2)

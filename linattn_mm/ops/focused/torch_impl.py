@@ -27,12 +27,18 @@ from .._utils import check_qkv
 KERNEL_EPS = 1e-6  # the official relu(x) + 1e-6 keeps every feature positive
 
 
-def focused_feature_map(x: Tensor, focusing_factor: float = 3.) -> Tensor:
-    """``f_p(relu(x) + 1e-6)`` computed overflow-free in float32 (float64 stays float64)."""
-    x = F.relu(x.to(acc_dtype(x.dtype))) + KERNEL_EPS
+def focusing_function(x: Tensor, focusing_factor: float = 3.) -> Tensor:
+    """``f_p(x) = ||x|| x**p / ||x**p||`` over the last axis, for positive ``x``; overflow-free in float32
+    (float64 stays float64)."""
+    x = x.to(acc_dtype(x.dtype))
     norm = x.norm(dim=-1, keepdim=True)
     y = (x / x.amax(dim=-1, keepdim=True)) ** focusing_factor   # entries in (0, 1]: no overflow
     return y / y.norm(dim=-1, keepdim=True) * norm
+
+
+def focused_feature_map(x: Tensor, focusing_factor: float = 3.) -> Tensor:
+    """``f_p(relu(x) + 1e-6)``, the FLatten kernel of the op (focusing over the last axis)."""
+    return focusing_function(F.relu(x.to(acc_dtype(x.dtype))) + KERNEL_EPS, focusing_factor)
 
 
 def focused_linear_attention(q: Tensor, k: Tensor, v: Tensor, focusing_factor: float = 3.,
