@@ -11,3 +11,8 @@ from mmengine.registry import Registry
 
 MODELS = Registry('model', parent=MMENGINE_MODELS, scope='linattn_mm',
                   locations=['linattn_mm.models'])
+
+from mmengine.registry import DATASETS as MMENGINE_DATASETS  # noqa: E402
+
+DATASETS = Registry('dataset', parent=MMENGINE_DATASETS, scope='linattn_mm',
+                    locations=['linattn_mm.datasets'])

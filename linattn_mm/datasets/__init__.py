@@ -6,7 +6,7 @@ try:
 except ImportError as e:  # pragma: no cover
     raise ImportError('linattn_mm.datasets needs mmsegmentation (pip install mmsegmentation==1.2.2)') from e
 
-from .registry import DATASETS
+from ..registry import DATASETS
 
 
 @DATASETS.register_module()
