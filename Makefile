@@ -6,11 +6,16 @@ PY := .venv/bin/python
 setup:            ## create .venv with the pinned OpenMMLab stack (idempotent; mmcv built once, cached)
 	bash tools/setup.sh
 
+# Two single-threaded pytest workers use both cores without oversubscribing them (torch would start
+# two threads per process); set PYTEST_WORKERS=0 to run in one process.
+PYTEST_WORKERS ?= 2
+PYTEST := OMP_NUM_THREADS=1 $(PY) -m pytest -q $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS))
+
 test: setup       ## set up if needed, then run the whole suite
-	$(PY) -m pytest -q
+	$(PYTEST)
 
 test-fast:        ## the suite without set-up checks and without the slow end-to-end tests
-	$(PY) -m pytest -q -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean-venv:
 	rm -rf .venv

@@ -43,6 +43,7 @@ PINNED=(
   "terminaltables"
   "prettytable"
   "pytest"
+  "pytest-xdist"                 # the suite runs on both cores (make test)
 )
 
 say()  { printf '[setup] %s\n' "$*"; }
