@@ -1,0 +1,52 @@
+# stardist 0.9.2 fluorescence nuclei (see data/nuclei/LICENSE and SOURCE.txt), 256 px tiles with instance masks
+# in COCO format written by tools/prepare_data.py; one class. A bounded CPU schedule (iterations).
+_base_ = ['mmdet::_base_/default_runtime.py']
+dataset_type = 'linattn_mm.LayoutCocoDataset'
+data_root = 'data/nuclei/'
+metainfo = dict(classes=('nucleus', ), palette=[(255, 60, 60)])
+backend_args = None
+train_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='Resize', scale=(256, 256), keep_ratio=True),     # the tiles are 256 px: sets scale_factor
+    dict(type='RandomFlip', prob=[0.5, 0.5], direction=['horizontal', 'vertical']),
+    dict(type='PackDetInputs')
+]
+test_pipeline = [
+    dict(type='LoadImageFromFile', backend_args=backend_args),
+    dict(type='Resize', scale=(256, 256), keep_ratio=True),
+    dict(type='LoadAnnotations', with_bbox=True, with_mask=True),
+    dict(type='PackDetInputs', meta_keys=('img_id', 'img_path', 'ori_shape', 'img_shape', 'scale_factor'))
+]
+train_dataloader = dict(
+    batch_size=2, num_workers=0, persistent_workers=False,
+    sampler=dict(type='InfiniteSampler', shuffle=True),
+    batch_sampler=dict(type='AspectRatioBatchSampler'),
+    dataset=dict(type=dataset_type, layout='nuclei', data_root=data_root, metainfo=metainfo,
+                 ann_file='coco/instances_train.json', data_prefix=dict(img='images/'),
+                 filter_cfg=dict(filter_empty_gt=True, min_size=2), pipeline=train_pipeline))
+val_dataloader = dict(
+    batch_size=1, num_workers=0, persistent_workers=False, drop_last=False,
+    sampler=dict(type='DefaultSampler', shuffle=False),
+    dataset=dict(type=dataset_type, layout='nuclei', data_root=data_root, metainfo=metainfo,
+                 ann_file='coco/instances_val.json', data_prefix=dict(img='images/'),
+                 test_mode=True, pipeline=test_pipeline))
+test_dataloader = val_dataloader
+val_evaluator = dict(type='CocoMetric', ann_file=data_root + 'coco/instances_val.json', metric=['bbox', 'segm'],
+                     format_only=False)
+test_evaluator = val_evaluator
+
+max_iters = 400
+train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
+val_cfg = dict(type='ValLoop')
+test_cfg = dict(type='TestLoop')
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.01, by_epoch=False, begin=0, end=50),
+    dict(type='MultiStepLR', by_epoch=False, begin=0, end=max_iters, milestones=[int(max_iters * 0.8)], gamma=0.1)
+]
+optim_wrapper = dict(type='OptimWrapper', optimizer=dict(type='AdamW', lr=1e-3, weight_decay=0.05),
+                     clip_grad=dict(max_norm=10, norm_type=2))
+default_hooks = dict(logger=dict(interval=20), checkpoint=dict(by_epoch=False, interval=max_iters),
+                     visualization=dict(type='DetVisualizationHook', score_thr=0.3))
+log_processor = dict(by_epoch=False)
+auto_scale_lr = dict(enable=False, base_batch_size=2)

@@ -1,0 +1,24 @@
+# Mask R-CNN + FPN on a CPU-sized LinPVT (embed [32, 64, 160, 256], depths [1, 1, 2, 1], heads of dim 32,
+# PVTv2 overlapping patch embedding; InLine attention in all stages), trained from scratch on the stardist
+# nuclei tiles for 400 iterations (batch 2, 256 px) on CPU. FPN/heads narrowed to 64 channels.
+_base_ = ['mmdet::_base_/models/mask-rcnn_r50_fpn.py', '../_base_/det_nuclei.py']
+custom_imports = dict(imports=['linattn_mm', 'linattn_mm.models.detectors'], allow_failed_imports=False)
+model = dict(
+    data_preprocessor=dict(pad_size_divisor=32),
+    backbone=dict(
+        _delete_=True,
+        type='linattn_mm.LinPVT',
+        arch=dict(embed_dims=[32, 64, 160, 256], num_heads=[1, 2, 5, 8], mlp_ratios=[4, 4, 4, 4],
+                  depths=[1, 1, 2, 1]),
+        attn_cfg=dict(type='inline'),
+        overlap_patch_embed=True,
+        drop_path_rate=0.0,
+        out_indices=(0, 1, 2, 3)),
+    neck=dict(in_channels=[32, 64, 160, 256], out_channels=64),
+    rpn_head=dict(in_channels=64, feat_channels=64),
+    roi_head=dict(
+        bbox_roi_extractor=dict(out_channels=64),
+        bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=1),
+        mask_roi_extractor=dict(out_channels=64),
+        mask_head=dict(in_channels=64, conv_out_channels=64, num_classes=1)),
+    test_cfg=dict(rcnn=dict(max_per_img=200)))
