@@ -54,12 +54,27 @@ def op_table(h: int, n: int, d: int, device, dtype, args) -> Dict[str, Callable]
         'linformer': lambda q, k, v: ops.linformer_attention(q, k, v, proj, proj),
         'performer': lambda q, k, v: ops.performer_attention(q, k, v, feats),
         'nystrom': lambda q, k, v: ops.nystrom_attention(q, k, v, num_landmarks=args.num_landmarks),
-        'linear': lambda q, k, v: ops.linear_attention(q, k, v),
-        'focused': lambda q, k, v: ops.focused_linear_attention(q, k, v),
-        'relu': lambda q, k, v: ops.relu_linear_attention(q, k, v),
+        'linear': lambda q, k, v: ops.linear_attention(q, k, v, **_backend_kw(ops.linear_attention, args)),
+        'focused': lambda q, k, v: ops.focused_linear_attention(
+            q, k, v, **_backend_kw(ops.focused_linear_attention, args)),
+        'relu': lambda q, k, v: ops.relu_linear_attention(q, k, v, **_backend_kw(ops.relu_linear_attention, args)),
     }
 
 
+def _backend_kw(fn: Callable, args) -> Dict:
+    import inspect
+    return {'backend': args.backend} if 'backend' in inspect.signature(fn).parameters else {}
+
+
+def _op_backend(name: str, args, *tensors) -> str:
+    """The backend an op row actually ran: the fused ops resolve ``--backend``, the rest are plain torch."""
+    from linattn_mm import ops
+    from linattn_mm.ops.backend import resolve_backend
+    fn = {'inline': ops.inline_attention, 'linear': ops.linear_attention, 'relu': ops.relu_linear_attention,
+          'focused': ops.focused_linear_attention}.get(name)
+    if fn is None or not _backend_kw(fn, args):
+        return 'torch'
+    return resolve_backend(args.backend, *tensors)
 OP_NAMES = ['softmax', 'inline', 'taylorshift', 'taylorshift_direct', 'taylorshift_efficient', 'linformer',
             'performer', 'nystrom', 'linear', 'focused', 'relu']
 
@@ -221,9 +236,12 @@ def _drop_option_values(argv: List[str], options) -> List[str]:
 
 # ---------------------------------------------------------------------------------------- levels
 def bench_ops(args, device, dtype) -> List[Dict]:
-    from linattn_mm.ops.backend import resolve_backend
     rows = []
     names = args.attn or OP_NAMES
+    copy_gbps = None
+    if device.type == 'cuda' and not args.memory_pass:
+        copy_gbps = copy_bandwidth_gbps(device)
+        print(f'device copy bandwidth (read + write): {copy_gbps:.0f} GB/s')
     for n in args.tokens:
         table = op_table(args.heads, n, args.head_dim, device, dtype, args)
         for name in names:
@@ -236,17 +254,86 @@ def bench_ops(args, device, dtype) -> List[Dict]:
             shape = (args.batch, args.heads, n, args.head_dim)
             q, k, v = (torch.randn(shape, generator=g).to(device, dtype).requires_grad_() for _ in range(3))
             fn = table[name]
-            for mode in args.modes:
-                r = run_one(lambda: fn(q, k, v), [q, k, v], device, mode, args)
-                r.update(level='op', attn=name, tokens=n, batch=args.batch, heads=args.heads,
-                         head_dim=args.head_dim, mode=mode, device=str(device), dtype=args.dtype,
-                         backend=resolve_backend(args.backend, q, k, v) if name == 'inline' else 'torch',
-                         throughput=args.batch * n / (r['ms'] / 1e3))
-                if name == 'softmax':
-                    r['sdpa_backend'] = sdpa_backend_used(lambda: fn(q, k, v))
-                rows.append(r)
-                print_row(r)
+            variants = [(None, fn)]
+            if name == 'softmax' and device.type == 'cuda' and not args.memory_pass:
+                variants = sdpa_variants(fn, q, k, v)
+            for sdpa, f in variants:
+                for mode in args.modes:
+                    try:
+                        r = run_one(lambda: f(q, k, v), [q, k, v], device, mode, args)
+                    except RuntimeError as err:  # e.g. CUDA out of memory for a quadratic op
+                        print(f'{name} at N={n} {mode}: failed ({str(err).splitlines()[0][:80]})')
+                        if device.type == 'cuda':
+                            torch.cuda.empty_cache()
+                        continue
+                    nbytes = min_bytes(q, mode)
+                    r.update(level='op', attn=name, tokens=n, batch=args.batch, heads=args.heads,
+                             head_dim=args.head_dim, mode=mode, device=str(device), dtype=args.dtype,
+                             backend=_op_backend(name, args, q, k, v),
+                             throughput=args.batch * n / (r['ms'] / 1e3), min_bytes=nbytes,
+                             gbps=nbytes / (r['ms'] / 1e3) / 1e9)
+                    if copy_gbps:
+                        r['copy_gbps'] = copy_gbps
+                        r['pct_of_copy'] = 100. * r['gbps'] / copy_gbps
+                    if name == 'softmax':
+                        r['sdpa_backend'] = sdpa or sdpa_backend_used(lambda: f(q, k, v))
+                    rows.append(r)
+                    print_row(r)
     return rows
+
+
+def min_bytes(q: torch.Tensor, mode: str) -> int:
+    """The least traffic an attention op can have (self-attention, Dv = D): each tensor read or written once.
+
+    Forward reads Q, K, V and writes O (4 tensors); forward + backward adds reading Q, K, V and dO and writing
+    dQ, dK, dV (11 tensors in all). Achieved GB/s = this / time; memory-bound ops are judged against the
+    device's copy bandwidth (:func:`copy_bandwidth_gbps`).
+    """
+    return (4 if mode == 'fwd' else 11) * q.numel() * q.element_size()
+
+
+def copy_bandwidth_gbps(device, nbytes: int = 1 << 30, repeats: int = 10) -> float:
+    """Device-to-device copy bandwidth, counting bytes read and written (the ceiling for memory-bound ops)."""
+    x = torch.empty(nbytes, dtype=torch.uint8, device=device)
+    y = torch.empty_like(x)
+    y.copy_(x)
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        y.copy_(x)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    del x, y
+    return 2 * nbytes / statistics.median(times) / 1e9
+
+
+def sdpa_variants(fn: Callable, q, k, v):
+    """On CUDA, softmax through each SDPA backend that accepts these inputs: ``[(label, f), ...]``.
+
+    The summary's ratio then uses the fastest one ("SDPA's best backend").
+    """
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:
+        return [(None, fn)]
+    out = []
+    for label, be in (('flash', 'FLASH_ATTENTION'), ('mem-efficient', 'EFFICIENT_ATTENTION'),
+                      ('cudnn', 'CUDNN_ATTENTION')):
+        be = getattr(SDPBackend, be, None)
+        if be is None:
+            continue
+
+        def f(q, k, v, be=be):
+            with sdpa_kernel(be):
+                return fn(q, k, v)
+        try:
+            with torch.no_grad():
+                f(q[..., :64, :], k[..., :64, :], v[..., :64, :])
+        except RuntimeError:
+            continue
+        out.append((label, f))
+    return out or [(None, fn)]
 
 
 def parse_size(s: str):
@@ -254,21 +341,53 @@ def parse_size(s: str):
     return int(h), int(w or h)
 
 
+def build_reference(spec: str, h: int, w: int) -> torch.nn.Module:
+    """A reference backbone returning a tuple of feature maps.
+
+    ``mmdet:TYPE`` builds one of mmdet's backbones with its defaults plus the usual dense-prediction settings
+    (``SwinTransformer``: Swin-T; ``PyramidVisionTransformerV2``: PVTv2-b2 depths [3, 4, 6, 3]); needs mmdet.
+    ``timm:NAME`` builds a timm model with ``features_only=True`` at this image size (e.g.
+    ``timm:pvt_v2_b2``, ``timm:swin_tiny_patch4_window7_224``), for machines without mmdet/mmcv.
+    """
+    lib, _, name = spec.partition(':')
+    if lib == 'mmdet':
+        import mmdet.models  # noqa: F401  (registers the backbones)
+        from mmdet.registry import MODELS
+        extra = {'PyramidVisionTransformerV2': dict(embed_dims=64, num_layers=[3, 4, 6, 3])}.get(name, {})
+        model = MODELS.build(dict(type=name, **extra))
+        model.init_weights()
+        return model
+    if lib == 'timm':
+        import timm
+        kw = dict(features_only=True, pretrained=False)
+        try:
+            return timm.create_model(name, img_size=(h, w), **kw)
+        except TypeError:  # models without an img_size argument take any size
+            return timm.create_model(name, **kw)
+    raise SystemExit(f'error: unknown reference backbone {spec!r}; use mmdet:TYPE or timm:NAME')
+
+
 def bench_backbones(args, device, dtype) -> List[Dict]:
-    from linattn_mm.models import backbones as bb
-    cls = getattr(bb, args.backbone, None)
-    if cls is None:
-        raise SystemExit(f'error: unknown backbone {args.backbone!r}; '
-                         f'known: {", ".join(n for n in dir(bb) if n.startswith("Lin"))}')
+    reference = ':' in args.backbone
+    if not reference:
+        from linattn_mm.models import backbones as bb
+        cls = getattr(bb, args.backbone, None)
+        if cls is None:
+            raise SystemExit(f'error: unknown backbone {args.backbone!r}; known: '
+                             f'{", ".join(n for n in dir(bb) if n.startswith("Lin"))}, mmdet:TYPE, timm:NAME')
     rows = []
-    names = args.attn or ['inline', 'taylorshift', 'linformer', 'softmax']
+    names = [args.backbone] if reference else (args.attn or ['inline', 'taylorshift', 'linformer', 'softmax'])
     for size in args.sizes:
         h, w = parse_size(size)
         for name in names:
-            kw = dict(attn_cfg=dict(type=name))
-            if args.arch:
-                kw['arch'] = args.arch
-            model = cls(**kw).to(device).train()
+            if reference:
+                model = build_reference(args.backbone, h, w)
+            else:
+                kw = dict(attn_cfg=dict(type=name))
+                if args.arch:
+                    kw['arch'] = args.arch
+                model = cls(**kw)
+            model = model.to(device).train()
             x = torch.randn(args.batch, 3, h, w, device=device, requires_grad=False)
             params = list(model.parameters())
             for mode in args.modes:
@@ -301,18 +420,36 @@ def print_row(r: Dict) -> None:
 
 
 def print_table(rows: List[Dict]) -> None:
+    """Markdown summary. ``x softmax`` is the speed-up over the fastest softmax row of the same size and mode
+    (on CUDA: SDPA's best backend); GB/s columns appear where rows have them (op level)."""
     if not rows:
         return
     key = 'size' if rows[0]['level'] == 'backbone' else 'tokens'
-    base = {(r[key], r['mode']): r['ms'] for r in rows if r['attn'] == 'softmax'}
+    base: Dict = {}
+    for r in rows:
+        if r['attn'] == 'softmax':
+            k = (r[key], r['mode'])
+            base[k] = min(base.get(k, float('inf')), r['ms'])
+    bw = any('gbps' in r for r in rows)
     print()
-    hdr = f"| attn | {key} | mode | median ms | peak MB | x softmax |"
-    print(hdr)
-    print('|' + '---|' * 6)
+    cols = ['attn', key, 'mode', 'backend', 'median ms', 'peak MB', 'x softmax']
+    if bw:
+        cols += ['GB/s', '% copy']
+    if key == 'size':
+        cols += ['img/s']
+    print('| ' + ' | '.join(cols) + ' |')
+    print('|' + '---|' * len(cols))
     for r in rows:
         b = base.get((r[key], r['mode']))
         ratio = f'{b / r["ms"]:.1f}' if b else '-'
-        print(f"| {r['attn']} | {r[key]} | {r['mode']} | {r['ms']:.2f} | {r['peak_mem_mb']:.1f} | {ratio} |")
+        be = r.get('sdpa_backend') or r.get('backend', '-')
+        cells = [r['attn'], r[key], r['mode'], be, f"{r['ms']:.3f}", f"{r['peak_mem_mb']:.1f}", ratio]
+        if bw:
+            cells += [f"{r['gbps']:.3g}" if 'gbps' in r else '-',
+                      f"{r['pct_of_copy']:.0f}" if 'pct_of_copy' in r else '-']
+        if key == 'size':
+            cells += [f"{r.get('img_per_s', float('nan')):.2f}"]
+        print('| ' + ' | '.join(str(c) for c in cells) + ' |')
 
 
 def plot(rows: List[Dict], path: str) -> None:
@@ -351,7 +488,8 @@ def parse_args(argv=None):
     p.add_argument('--head-dim', type=int, default=32)
     p.add_argument('--heads', type=int, default=1)
     p.add_argument('--batch', type=int, default=1)
-    p.add_argument('--backbone', default='LinPVT', help='backbone level: LinPVT, LinSwin or LinViT')
+    p.add_argument('--backbone', default='LinPVT',
+                   help='backbone level: LinPVT, LinSwin, LinViT, or a reference mmdet:TYPE / timm:NAME')
     p.add_argument('--arch', help='backbone preset (default: the smallest)')
     p.add_argument('--sizes', nargs='+', default=['512', '1024'], help='backbone level: H or HxW')
     p.add_argument('--modes', nargs='+', choices=['fwd', 'fwdbwd'], default=['fwd', 'fwdbwd'])

@@ -262,16 +262,17 @@ import linattn_mm.ops.inline.triton_impl as ti
 def sig(fn, types, consts):
     assert all(n in types or n in consts or not n.endswith('_ptr') for n in fn.arg_names)
     return {n: ('constexpr' if n in consts else types.get(n, 'i32')) for n in fn.arg_names}
-for dt, bd in (('bf16', 128), ('fp32', 16)):
+for dt, bd, rb, ab in (('bf16', 128, ti.REDUCE_BLOCK_N, ti.APPLY_BLOCK_N), ('fp32', 16, ti.REDUCE_BLOCK_N,
+                        ti.APPLY_BLOCK_N), ('bf16', 64, ti.GPU_REDUCE_BLOCK_N, ti.GPU_APPLY_BLOCK_N)):
     for write in (False, True):
         ptrs = dict(x_ptr='*' + dt, y_ptr='*' + dt, pad_ptr='*u8', xy_ptr='*fp32', sx_ptr='*fp32',
                     sy_ptr='*fp32', cnt_ptr='*fp32', w_ptr='*fp32', out_ptr='*' + dt)
         c = dict(HAS_PAD=not write, CENTRED=not write, WRITE_YW=write, PREC='ieee', UPCAST=False,
-                 BLOCK_N=ti.REDUCE_BLOCK_N, BLOCK_DX=bd, BLOCK_DY=bd)
+                 BLOCK_N=rb, BLOCK_DX=bd, BLOCK_DY=bd)
         triton.compile(ASTSource(ti._reduce_kernel, sig(ti._reduce_kernel, ptrs, c), constexprs=c),
                        target=GPUTarget('cuda', 90, 32), options=dict(num_warps=8))
     ptrs = dict(x_ptr='*' + dt, w_ptr='*fp32', bias_ptr='*fp32', pad_ptr='*u8', out_ptr='*' + dt)
-    c = dict(HAS_BIAS=True, HAS_PAD=True, PREC='ieee', UPCAST=False, BLOCK_N=ti.APPLY_BLOCK_N,
+    c = dict(HAS_BIAS=True, HAS_PAD=True, PREC='ieee', UPCAST=False, BLOCK_N=ab,
              BLOCK_DIN=bd, BLOCK_DOUT=bd)
     triton.compile(ASTSource(ti._affine_kernel, sig(ti._affine_kernel, ptrs, c), constexprs=c),
                    target=GPUTarget('cuda', 90, 32), options=dict(num_warps=4))
