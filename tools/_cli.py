@@ -99,6 +99,20 @@ def _register_cpu_ddp() -> None:
     import torch  # noqa: F401  (used in the class body above)
 
 
+def check_data(cfg, loaders) -> None:
+    """Stop with one line naming the missing dataset path, its layout and how to get it (before any model is
+    built), for the dataloaders this run will use."""
+    from linattn_mm.datasets.layout import check_dataset_cfg
+    for name in loaders:
+        loader = cfg.get(f'{name}_dataloader')
+        if not loader or not loader.get('dataset'):
+            continue
+        try:
+            check_dataset_cfg(loader['dataset'], name)
+        except FileNotFoundError as err:
+            raise SystemExit(f'error: {err}') from None
+
+
 def build_runner(cfg):
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner

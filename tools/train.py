@@ -5,7 +5,7 @@ One script for both tasks: the config's ``default_scope`` picks mmdet or mmseg. 
 """
 import argparse
 
-from _cli import add_common_args, build_runner, load_config
+from _cli import add_common_args, build_runner, check_data, load_config
 
 
 def parse_args(argv=None):
@@ -41,6 +41,7 @@ def main(argv=None):
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
 
+    check_data(cfg, ['train', 'val'] if cfg.get('val_cfg') else ['train'])
     runner = build_runner(cfg)
     runner.train()
     return runner
