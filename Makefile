@@ -1,7 +1,7 @@
-# Two commands a newcomer needs are `make test` and (once the demo lands) `make demo`; see README.md.
+# Two commands a newcomer needs are `make test` and `make demo`; see README.md.
 PY := .venv/bin/python
 
-.PHONY: setup test test-fast clean-venv
+.PHONY: setup test test-fast demo clean-venv
 
 setup:            ## create .venv with the pinned OpenMMLab stack (idempotent; mmcv built once, cached)
 	bash tools/setup.sh
@@ -16,6 +16,9 @@ test: setup       ## set up if needed, then run the whole suite
 
 test-fast:        ## the suite without set-up checks and without the slow end-to-end tests
 	$(PYTEST) -m "not slow"
+
+demo: setup       ## the main job: shipped real data, train + evaluate on CPU, benchmark (work_dirs/demo/)
+	$(PY) tools/demo.py $(DEMO_ARGS)
 
 clean-venv:
 	rm -rf .venv

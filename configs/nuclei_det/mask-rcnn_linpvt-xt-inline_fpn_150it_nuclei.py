@@ -1,6 +1,6 @@
 # Mask R-CNN + FPN on a CPU-sized LinPVT (embed [32, 64, 160, 256], depths [1, 1, 2, 1], heads of dim 32,
 # PVTv2 overlapping patch embedding; InLine attention in all stages), trained from scratch on the stardist
-# nuclei tiles for 400 iterations (batch 2, 256 px) on CPU. FPN/heads narrowed to 64 channels.
+# nuclei tiles for 150 iterations (batch 2, 256 px) on CPU. FPN/heads narrowed to 64 channels.
 _base_ = ['mmdet::_base_/models/mask-rcnn_r50_fpn.py', '../_base_/det_nuclei.py']
 custom_imports = dict(imports=['linattn_mm', 'linattn_mm.models.detectors'], allow_failed_imports=False)
 model = dict(
