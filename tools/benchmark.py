@@ -13,7 +13,8 @@ Examples::
   tools/benchmark.py --level op --tokens 1024 4096 16384 65536 --device cuda --dtype bf16 --plot ops.png
   tools/benchmark.py --level backbone --backbone LinPVT --attn inline softmax --sizes 512 1024x2048
 
-Each row reports the median wall time of ``--repeats`` runs after ``--warmup``, throughput, peak memory
+Each row reports the median time of ``--repeats`` runs after ``--warmup`` (CPU: wall time; CUDA: GPU time
+between CUDA events, L2 flushed between calls, see ``time_fn``), throughput, peak memory
 (CUDA: ``max_memory_allocated``; CPU: the resident-set high-water mark above the block's start, see
 ``PeakMemory``), and for softmax which SDPA backend actually ran (read from the profiler's kernel names).
 Speed and memory live here, never in timed tests.
@@ -58,6 +59,35 @@ def op_table(h: int, n: int, d: int, device, dtype, args) -> Dict[str, Callable]
         'focused': lambda q, k, v: ops.focused_linear_attention(
             q, k, v, **_backend_kw(ops.focused_linear_attention, args)),
         'relu': lambda q, k, v: ops.relu_linear_attention(q, k, v, **_backend_kw(ops.relu_linear_attention, args)),
+        **local_global_ops(h, n, d, device, dtype, args, g),
+    }
+
+
+def grid_shape(n: int):
+    """The most square ``(H, W)`` with ``H * W = n`` (the local-global ops need a token grid)."""
+    h = max(f for f in range(1, math.isqrt(n) + 1) if n % f == 0)
+    return h, n // h
+
+
+def local_global_ops(h: int, n: int, d: int, device, dtype, args, g) -> Dict[str, Callable]:
+    """Longformer / BigBird / Long-Short / RFA rows at the layers' defaults (one global token prepended, 3
+    random blocks, 16 landmarks; ``--window-size``; RFA with ``--num-features`` frequencies) on the most square
+    grid of N tokens."""
+    from linattn_mm import ops
+    from linattn_mm.ops.bigbird import grid_blocks
+    hw, w = grid_shape(n), args.window_size
+    ny, nx = grid_blocks(hw, w)
+    rand = ops.bigbird_random_blocks(ny * nx, 3, h, generator=g).to(device)
+    logits = torch.randn(args.batch, h, 16, n, generator=g).to(device, dtype)
+    omega = torch.randn(args.num_features, d, generator=g).to(device, dtype)
+
+    def glob(t):  # one global token in front of the grid (its copy is part of what the op costs)
+        return torch.cat([t[:, :, :1], t], 2)
+    return {
+        'longformer': lambda q, k, v: ops.longformer_attention(glob(q), glob(k), glob(v), hw, w, num_global=1),
+        'bigbird': lambda q, k, v: ops.bigbird_attention(glob(q), glob(k), glob(v), hw, rand, w, num_global=1),
+        'longshort': lambda q, k, v: ops.longshort_attention(q, k, v, hw, logits, w),
+        'rfa': lambda q, k, v: ops.rfa_attention(q, k, v, omega),
     }
 
 
@@ -76,7 +106,7 @@ def _op_backend(name: str, args, *tensors) -> str:
         return 'torch'
     return resolve_backend(args.backend, *tensors)
 OP_NAMES = ['softmax', 'inline', 'taylorshift', 'taylorshift_direct', 'taylorshift_efficient', 'linformer',
-            'performer', 'nystrom', 'linear', 'focused', 'relu']
+            'performer', 'nystrom', 'linear', 'focused', 'relu', 'longformer', 'bigbird', 'longshort', 'rfa']
 
 
 # ------------------------------------------------------------------------------------ measuring
@@ -144,9 +174,23 @@ def sync(device):
 
 
 def time_fn(fn: Callable, device, warmup: int, repeats: int) -> List[float]:
+    """Per-call times in ms. CPU: wall time of each call. CUDA: GPU time between CUDA events around each of
+    back-to-back calls (the host queues ahead, so Python launch overhead is excluded as in Triton's
+    ``do_bench``), with L2 flushed between calls so that small inputs are not served from cache."""
     for _ in range(warmup):
         fn()
     sync(device)
+    if device.type == 'cuda':
+        flush = torch.empty(256 << 20, dtype=torch.uint8, device=device)
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeats)]
+        for i in range(repeats):
+            flush.zero_()
+            starts[i].record()
+            fn()
+            ends[i].record()
+        torch.cuda.synchronize()
+        return [a.elapsed_time(b) for a, b in zip(starts, ends)]
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -503,6 +547,7 @@ def parse_args(argv=None):
     p.add_argument('--proj-len', type=int, default=64, help='Linformer projected length')
     p.add_argument('--num-features', type=int, default=64, help='Performer random features')
     p.add_argument('--num-landmarks', type=int, default=64, help='Nystromformer landmarks')
+    p.add_argument('--window-size', type=int, default=7, help='Longformer / BigBird / Long-Short window')
     p.add_argument('--max-quadratic-tokens', type=int, default=65536,
                    help='skip O(N^2) attentions above this many tokens')
     p.add_argument('--out', help='write rows as JSON')

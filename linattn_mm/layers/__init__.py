@@ -20,17 +20,28 @@ name             class                        method options (defaults)
 ``linear``       LinearAttention              eps=1e-6
 ``focused``      FocusedLinearAttention       focusing_factor=3, kernel_size=5, pos_hw=None
 ``relu``         ReLULinearAttention          scales=()
+``longformer``   LongformerAttention          window_size=7, num_global=1, block_size=None, exact=True,
+                                              global_update=True
+``bigbird``      BigBirdAttention             as longformer + num_random_blocks=3, seed=0, redraw=False
+``longshort``    LongShortAttention           window_size=7, num_landmarks=16, block_size=None, exact=True,
+                                              dual_ln=True
+``rfa``          RFAAttention                 num_features=64, kernel='gaussian', sigma_init=1.0, learn_sigma=True,
+                                              redraw=False, seed=0
 ===============  ===========================  ====================================================================
 """
 from .base import BaseAttention
+from .bigbird import BigBirdAttention
 from .builder import ATTENTIONS, build_attention
 from .focused import FocusedLinearAttention
 from .inline import InLineAttention
 from .linear import LinearAttention
 from .linformer import LinformerAttention, LinformerProjection
+from .longformer import LongformerAttention
+from .longshort import LongShortAttention
 from .nystrom import NystromAttention
 from .performer import PerformerAttention
 from .relu import ReLULinearAttention
+from .rfa import RFAAttention
 from .softmax import SoftmaxAttention
 from .sra import SRAttention
 from .taylor import TaylorShiftAttention
@@ -39,5 +50,6 @@ from .window import WindowAttention
 __all__ = [
     'ATTENTIONS', 'build_attention', 'BaseAttention', 'SoftmaxAttention', 'WindowAttention', 'SRAttention',
     'InLineAttention', 'TaylorShiftAttention', 'LinformerAttention', 'LinformerProjection', 'PerformerAttention',
-    'NystromAttention', 'LinearAttention', 'FocusedLinearAttention', 'ReLULinearAttention',
+    'NystromAttention', 'LinearAttention', 'FocusedLinearAttention', 'ReLULinearAttention', 'LongformerAttention',
+    'BigBirdAttention', 'LongShortAttention', 'RFAAttention',
 ]

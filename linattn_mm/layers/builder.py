@@ -12,13 +12,17 @@ from typing import Dict, Type, Union
 import torch.nn as nn
 
 from .base import BaseAttention
+from .bigbird import BigBirdAttention
 from .focused import FocusedLinearAttention
 from .inline import InLineAttention
 from .linear import LinearAttention
 from .linformer import LinformerAttention
+from .longformer import LongformerAttention
+from .longshort import LongShortAttention
 from .nystrom import NystromAttention
 from .performer import PerformerAttention
 from .relu import ReLULinearAttention
+from .rfa import RFAAttention
 from .softmax import SoftmaxAttention
 from .sra import SRAttention
 from .taylor import TaylorShiftAttention
@@ -36,6 +40,10 @@ ATTENTIONS: Dict[str, Type[BaseAttention]] = {
     'linear': LinearAttention,
     'focused': FocusedLinearAttention,
     'relu': ReLULinearAttention,
+    'longformer': LongformerAttention,
+    'bigbird': BigBirdAttention,
+    'longshort': LongShortAttention,
+    'rfa': RFAAttention,
 }
 
 

@@ -20,6 +20,10 @@ OPTIONS = {
     'linear': {},
     'focused': {},
     'relu': dict(scales=(3,)),
+    'longformer': dict(window_size=3, num_global=2),
+    'bigbird': dict(window_size=3, num_random_blocks=2),
+    'longshort': dict(window_size=(3, 4), num_landmarks=4),
+    'rfa': dict(num_features=16),
 }
 EXTRA = [  # further option sets worth their own forward/backward
     ('window', dict(window_size=8)),                  # window larger than the grid
@@ -31,6 +35,11 @@ EXTRA = [  # further option sets worth their own forward/backward
     ('linformer', dict(ref_hw=(5, 6), proj_len=8, share='headwise')),
     ('performer', dict(num_features=16, redraw=True)),
     ('relu', {}),
+    ('longformer', dict(window_size=4, block_size=(2, 3), exact=False, global_update=False)),
+    ('longformer', dict(window_size=5, num_global=0)),
+    ('bigbird', dict(window_size=(3, 2), block_size=2, num_random_blocks=3, redraw=True, qkv_layout='q_kv')),
+    ('longshort', dict(window_size=3, num_landmarks=2, exact=False, dual_ln=False)),
+    ('rfa', dict(num_features=8, kernel='arccos', redraw=True, learn_sigma=False)),
 ]
 CASES = [(n, o) for n, o in OPTIONS.items()] + EXTRA
 

@@ -19,7 +19,8 @@ TINY = {
 }
 # options that keep the random-feature / landmark methods meaningful at tiny sizes
 ATTN_OPTS = {'performer': dict(num_features=16), 'nystrom': dict(num_landmarks=8),
-             'linformer': dict(proj_len=8)}
+             'linformer': dict(proj_len=8), 'longformer': dict(window_size=5), 'bigbird': dict(num_random_blocks=1),
+             'longshort': dict(num_landmarks=4), 'rfa': dict(num_features=16)}
 
 
 def tiny(cls, attn=None, **kw):

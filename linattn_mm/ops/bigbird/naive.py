@@ -1,0 +1,31 @@
+"""Materialised BigBird (tests only): the ``(H, G+N, G+N)`` union of window, random-block and global patterns."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from torch import Tensor
+
+from .._utils import check_qkv
+from ..longformer._common import IntPair, check_grid
+from ..longformer.naive import block_ids, global_pattern, masked_softmax_attention, window_pattern
+
+
+def random_pattern(rand_blocks: Tensor, blocks: Tensor) -> Tensor:
+    """``(H, N, N)`` bool: key j's block is one of the random blocks of query i's block."""
+    chosen = rand_blocks[:, blocks]                                    # (H, N, r): random blocks of i's block
+    return (chosen[:, :, None, :] == blocks[None, None, :, None]).any(-1)
+
+
+def bigbird_attention_naive(q: Tensor, k: Tensor, v: Tensor, hw_shape: Sequence[int], rand_blocks: Tensor,
+                            window_size: IntPair = 7, num_global: int = 0, key_padding_mask: Optional[Tensor] = None,
+                            block_size: Optional[IntPair] = None, exact: bool = True, scale: Optional[float] = None,
+                            return_global: bool = True, dropout_p: float = 0.) -> Tensor:
+    """Same contract as :func:`bigbird_attention` (no dropout), with the pattern materialised."""
+    check_qkv(q, k, v, key_padding_mask, name='bigbird_attention_naive')
+    check_grid(q, k, hw_shape, num_global, 'bigbird_attention_naive')
+    blocks = block_ids(hw_shape, window_size, block_size, q.device)
+    grid = window_pattern(hw_shape, window_size, block_size, exact, q.device)[None] \
+        | random_pattern(rand_blocks.to(q.device), blocks)
+    allowed = global_pattern(num_global, grid)[None]                   # (1, H, G+N, G+N)
+    out = masked_softmax_attention(q, k, v, allowed, key_padding_mask, scale)
+    return out if return_global else out[:, :, num_global:]
