@@ -33,7 +33,7 @@ DATA = {'nuclei_det': ('nuclei', 'coco/instances_val.json'), 'trees_det': ('tree
 JOBS = [
     ('nuclei_det', 'configs/nuclei_det/mask-rcnn_linpvt-xt-inline_fpn_150it_nuclei.py', 150,
      ['coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'], {'coco/segm_mAP_50': 0.6}),
-    ('trees_det', 'configs/trees/faster-rcnn_linpvt-xt-inline_fpn_600it_trees.py', 600,
+    ('trees_det', 'configs/trees/faster-rcnn_linpvt-xt-inline_fpn_300it_trees.py', 300,
      ['coco/bbox_mAP', 'coco/bbox_mAP_50'], {'coco/bbox_mAP_50': 0.3}),
     ('nuclei_seg', 'configs/nuclei_seg/fpn_linpvt-small-inline_1xb4-150it_nuclei-256x256.py', 150,
      ['aAcc', 'mIoU', 'mAcc'], {'mIoU': 75.0}),

@@ -36,7 +36,7 @@ val_evaluator = dict(type='CocoMetric', ann_file=data_root + 'annotations/instan
                      format_only=False)
 test_evaluator = val_evaluator
 
-max_iters = 600
+max_iters = 300
 train_cfg = dict(type='IterBasedTrainLoop', max_iters=max_iters, val_interval=max_iters)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
