@@ -122,7 +122,8 @@ def main(argv=None):
             failures.append(f'{name}: training failed (rc {rc}), see {wd}/{name}_train.log')
             continue
         ckpt = os.path.join(job_dir, f'iter_{n}.pth')
-        test_opts = [o for o in opts if o.startswith(('test_', 'val_'))]
+        # the data roots of every split: a test run may still build the train loop (hooks read max_iters)
+        test_opts = [o for o in opts if o.startswith(('train_dataloader', 'test_', 'val_'))]
         rc, out, dt_test = run([py, 'tools/test.py', config, ckpt, '--work-dir', job_dir, '--show-dir', 'predictions']
                                + (['--cfg-options'] + test_opts if test_opts else []),
                                os.path.join(wd, f'{name}_test.log'), env)
