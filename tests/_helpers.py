@@ -55,3 +55,11 @@ def assert_match(fast: Callable, naive: Callable, inputs: Sequence[torch.Tensor]
             assert gf is None or torch.all(gf == 0)
             continue
         torch.testing.assert_close(gf, gn, atol=atol * 10, rtol=rtol * 10)
+
+
+def triton_library_interpreted() -> bool:
+    """True when Triton's own library kernels (``tl.sum``'s combine function, ...) were decorated for the CPU
+    interpreter, i.e. ``TRITON_INTERPRET=1`` was set before triton was first imported in this process.
+    Whatever the environment says now, kernels cannot run in-process under the interpreter otherwise."""
+    import triton.language.standard as standard
+    return type(standard._sum_combine).__name__ == 'InterpretedFunction'

@@ -9,6 +9,10 @@ i.e. the weights ``phi_q_i . phi_k_j`` normalised per row (Katharopoulos et al.,
 ``1/N`` on both sides cancels except against ``eps``; it keeps the state bounded whatever N is, so half
 precision does not overflow. Reductions run in float32 (or float64) and the result is cast back: the
 "fp32 island" EfficientViT uses for its ReLU attention.
+
+``backend='auto'|'torch'|'triton'`` (see :mod:`linattn_mm.ops.backend`) selects between this torch path and the
+fused Triton kernels of :mod:`linattn_mm.ops._kernelized_triton` (imported only when chosen, so CPU calls
+never import Triton under ``'auto'``).
 """
 from __future__ import annotations
 
@@ -17,14 +21,40 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .backend import resolve_backend
+
+
+def triton_selected(backend: str, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor]) -> bool:
+    """Whether a kernelized op runs the fused Triton kernels: ``resolve_backend`` says ``'triton'`` and, for
+    ``'auto'``, q, k and v share one dtype (the kernels take one I/O dtype; mixed inputs stay on the torch
+    path, whose fp32 island accepts them). Raises ``ValueError`` for an unknown name or an impossible
+    ``'triton'``."""
+    if backend == 'torch':
+        return False
+    if resolve_backend(backend, q, k, v, key_padding_mask) != 'triton':
+        return False
+    return backend == 'triton' or q.dtype == k.dtype == v.dtype
+
 
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def kernelized_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor],
-                         eps: float, out_dtype: torch.dtype) -> Tensor:
-    """Fast path, O(N·M·Dv): never forms the (Nq, Nk) weights."""
+                         eps: float, out_dtype: torch.dtype, backend: str = 'torch') -> Tensor:
+    """Fast path, O(N·M·Dv): never forms the (Nq, Nk) weights.
+
+    ``phi_q`` ``(B, H, Nq, M)`` and ``phi_k`` ``(B, H, Nk, M)`` are features >= 0 computed by the caller. With
+    ``backend`` ``'auto'``/``'triton'`` (and ``out_dtype == v.dtype``) they go to the fused kernels as they are
+    (``feature='identity'``), cast to v's dtype first: for half v the features are rounded to it. The ops with
+    an elementwise feature map (elu+1, relu, focused) call the kernels with the raw q, k instead, so that the
+    map runs inside them. The default stays ``'torch'`` for the callers that build features themselves.
+    """
+    if backend != 'torch' and out_dtype == v.dtype and \
+            resolve_backend(backend, phi_q, phi_k, v, key_padding_mask) == 'triton':
+        from ._kernelized_triton import kernelized_attention_triton  # Triton is optional: imported lazily
+        return kernelized_attention_triton(phi_q.to(v.dtype), phi_k.to(v.dtype), v, key_padding_mask, eps=eps,
+                                           feature='identity')
     acc = acc_dtype(out_dtype)
     phi_q, phi_k, v = phi_q.to(acc), phi_k.to(acc), v.to(acc)
     if key_padding_mask is not None:

@@ -19,7 +19,7 @@ import sys
 import pytest
 import torch
 
-from tests._helpers import rel_rms
+from tests._helpers import rel_rms, triton_library_interpreted
 
 from linattn_mm.ops import backend as bk  # noqa: E402  (imports no triton)
 
@@ -36,7 +36,8 @@ if not HAS_CUDA and bk.triton_interpret() and type(ti._reduce_kernel).__name__ !
     ti = importlib.reload(ti)  # imported earlier with compiled kernels, which cannot take CPU tensors
 
 DEV = 'cuda' if HAS_CUDA else 'cpu'
-IN_PROCESS = HAS_CUDA or (bk.triton_interpret() and not _TRITON_PREIMPORTED)
+IN_PROCESS = HAS_CUDA or (bk.triton_interpret() and not _TRITON_PREIMPORTED
+                           and triton_library_interpreted())
 needs_kernels = pytest.mark.skipif(
     not IN_PROCESS, reason='triton was imported before TRITON_INTERPRET=1 was set (or it is forced off); '
                            'test_interpreter_in_subprocess runs these tests instead')
