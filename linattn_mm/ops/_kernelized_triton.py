@@ -67,7 +67,7 @@ from ._utils import check_qkv
 from .backend import MAX_HEAD_DIM
 from .focused.torch_impl import KERNEL_EPS as FOCUS_EPS   # FLatten's relu(x) + 1e-6
 # shared launch planning of the InLine kernels: power-of-two tiles, TF32 rule, token splits per head
-from .inline.triton_impl import _pow2_block, _precision, _split_plan
+from .inline.triton_impl import _gpu_tuned_blocks, _pow2_block, _precision, _split_plan
 
 FEATURES = {'identity': 0, 'relu': 1, 'elu': 2, 'focused': 3}
 _FOCUS_EPS = tl.constexpr(FOCUS_EPS)
@@ -400,7 +400,7 @@ def _upcast(t: Tensor) -> bool:
 
 
 def _block_n(t: Tensor, bd: int, bdv: int, kind: str) -> int:
-    if t.device.type == 'cuda' and t.element_size() == 2 and max(bd, bdv) <= 64:
+    if _gpu_tuned_blocks(t, bd, bdv):   # the same rule as InLine's kernels
         return GPU_BLOCK_N[kind]
     return BLOCK_N
 

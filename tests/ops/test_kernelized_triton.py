@@ -13,7 +13,6 @@ tails.
 """
 import importlib
 import os
-import subprocess
 import sys
 
 import pytest
@@ -31,7 +30,7 @@ from linattn_mm.ops.focused import focused_linear_attention, focused_linear_atte
 from linattn_mm.ops.focused.torch_impl import KERNEL_EPS  # noqa: E402
 from linattn_mm.ops.linear import linear_attention, linear_attention_naive  # noqa: E402
 from linattn_mm.ops.relu import relu_linear_attention, relu_linear_attention_naive  # noqa: E402
-from tests._helpers import rel_rms, triton_library_interpreted  # noqa: E402
+from tests._helpers import compile_for_sm90, rel_rms, run_in_interpreter, triton_library_interpreted  # noqa: E402
 
 pytest.importorskip('triton')
 
@@ -49,7 +48,6 @@ needs_kernels = pytest.mark.skipif(
                            'test_interpreter_in_subprocess runs these tests instead')
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason='needs a CUDA device')
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # kernel feature map -> (op, naive twin, extra kwargs of both)
 OPS = {
@@ -353,20 +351,14 @@ print('compiled')
 def test_kernels_compile_for_sm90():
     """The interpreter skips Triton's type checks: compile the real kernels for an H100 (sm_90) without a GPU
     (Triton ships LLVM and ptxas), in a subprocess so that TRITON_INTERPRET is off there."""
-    env = dict(os.environ, TRITON_INTERPRET='0', PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    r = subprocess.run([sys.executable, '-c', _COMPILE_SM90], env=env, capture_output=True, text=True,
-                       timeout=300)
-    if r.returncode != 0 and ('ptxas' in r.stderr and 'not found' in r.stderr.lower()):
-        pytest.skip('no ptxas available to this Triton build')
+    r = compile_for_sm90(_COMPILE_SM90)
     assert r.returncode == 0 and 'compiled' in r.stdout, r.stderr[-3000:]
 
 
 @pytest.mark.skipif(IN_PROCESS, reason='the kernel tests run in this process')
 def test_interpreter_in_subprocess():
     """Fallback when this process cannot interpret: rerun this file's kernel tests in a fresh interpreter."""
-    env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=ROOT + os.pathsep + os.environ.get('PYTHONPATH', ''))
-    r = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-m', 'not slow',
-                        os.path.abspath(__file__)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    r = run_in_interpreter(__file__)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
 
 

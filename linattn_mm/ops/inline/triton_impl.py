@@ -301,9 +301,15 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def _gpu_tuned_blocks(x: Tensor, bdx: int, bdy: int) -> bool:
+    """Whether the H100-tuned (large) token blocks apply: fp16/bf16 on CUDA with head dims <= 64 (wider heads
+    and fp32 would not fit registers / shared memory; the interpreter keeps the small blocks)."""
+    return x.device.type == 'cuda' and x.element_size() == 2 and max(bdx, bdy) <= 64
+
+
 def _block_n(x: Tensor, bdx: int, bdy: int, apply: bool) -> int:
-    """Tokens per block: the tuned GPU sizes for fp16/bf16 with head dims <= 64 on CUDA, else the small ones."""
-    if x.device.type == 'cuda' and x.element_size() == 2 and max(bdx, bdy) <= 64:
+    """Tokens per block: the tuned GPU sizes where :func:`_gpu_tuned_blocks`, else the small ones."""
+    if _gpu_tuned_blocks(x, bdx, bdy):
         return GPU_APPLY_BLOCK_N if apply else GPU_REDUCE_BLOCK_N
     return APPLY_BLOCK_N if apply else REDUCE_BLOCK_N
 
