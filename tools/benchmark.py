@@ -49,16 +49,16 @@ def op_table(h: int, n: int, d: int, device, dtype, args) -> Dict[str, Callable]
     return {
         'softmax': lambda q, k, v: ops.softmax_attention(q, k, v),
         'inline': lambda q, k, v: ops.inline_attention(q, k, v, backend=args.backend),
-        'taylorshift': lambda q, k, v: ops.taylor_attention(q, k, v, mode='auto'),
+        'linear': lambda q, k, v: ops.linear_attention(q, k, v, backend=args.backend),
+        'focused': lambda q, k, v: ops.focused_linear_attention(q, k, v, backend=args.backend),
+        'relu': lambda q, k, v: ops.relu_linear_attention(q, k, v, backend=args.backend),
+        'taylorshift': lambda q, k, v: ops.taylor_attention(q, k, v, mode='auto', backend=args.backend),
         'taylorshift_direct': lambda q, k, v: ops.taylor_attention(q, k, v, mode='direct'),
-        'taylorshift_efficient': lambda q, k, v: ops.taylor_attention(q, k, v, mode='efficient'),
+        'taylorshift_efficient': lambda q, k, v: ops.taylor_attention(q, k, v, mode='efficient',
+                                                                      backend=args.backend),
         'linformer': lambda q, k, v: ops.linformer_attention(q, k, v, proj, proj),
         'performer': lambda q, k, v: ops.performer_attention(q, k, v, feats),
         'nystrom': lambda q, k, v: ops.nystrom_attention(q, k, v, num_landmarks=args.num_landmarks),
-        'linear': lambda q, k, v: ops.linear_attention(q, k, v, **_backend_kw(ops.linear_attention, args)),
-        'focused': lambda q, k, v: ops.focused_linear_attention(
-            q, k, v, **_backend_kw(ops.focused_linear_attention, args)),
-        'relu': lambda q, k, v: ops.relu_linear_attention(q, k, v, **_backend_kw(ops.relu_linear_attention, args)),
         **local_global_ops(h, n, d, device, dtype, args, g),
     }
 
@@ -91,22 +91,20 @@ def local_global_ops(h: int, n: int, d: int, device, dtype, args, g) -> Dict[str
     }
 
 
-def _backend_kw(fn: Callable, args) -> Dict:
-    import inspect
-    return {'backend': args.backend} if 'backend' in inspect.signature(fn).parameters else {}
+OP_NAMES = ['softmax', 'inline', 'taylorshift', 'taylorshift_direct', 'taylorshift_efficient', 'linformer',
+            'performer', 'nystrom', 'linear', 'focused', 'relu', 'longformer', 'bigbird', 'longshort', 'rfa']
+FUSED_OPS = ('inline', 'linear', 'relu', 'focused', 'taylorshift_efficient')  # with Triton kernels (backend=)
 
 
 def _op_backend(name: str, args, *tensors) -> str:
-    """The backend an op row actually ran: the fused ops resolve ``--backend``, the rest are plain torch."""
-    from linattn_mm import ops
+    """The backend an op row actually ran: the fused ops resolve ``--backend``, the rest are plain torch
+    ('taylorshift' in auto mode runs the efficient path, and so its kernels, above the crossover length)."""
     from linattn_mm.ops.backend import resolve_backend
-    fn = {'inline': ops.inline_attention, 'linear': ops.linear_attention, 'relu': ops.relu_linear_attention,
-          'focused': ops.focused_linear_attention}.get(name)
-    if fn is None or not _backend_kw(fn, args):
-        return 'torch'
-    return resolve_backend(args.backend, *tensors)
-OP_NAMES = ['softmax', 'inline', 'taylorshift', 'taylorshift_direct', 'taylorshift_efficient', 'linformer',
-            'performer', 'nystrom', 'linear', 'focused', 'relu', 'longformer', 'bigbird', 'longshort', 'rfa']
+    from linattn_mm.ops.taylor import taylor_crossover
+    q, k = tensors[0], tensors[1]
+    if name == 'taylorshift' and k.shape[2] > taylor_crossover(q.shape[-1]):
+        name = 'taylorshift_efficient'
+    return resolve_backend(args.backend, *tensors) if name in FUSED_OPS else 'torch'
 
 
 # ------------------------------------------------------------------------------------ measuring
@@ -543,7 +541,8 @@ def parse_args(argv=None):
     p.add_argument('--repeats', type=int, default=5)
     p.add_argument('--threads', type=int, help='torch CPU threads (default: torch default)')
     p.add_argument('--backend', choices=['auto', 'torch', 'triton'], default='auto',
-                   help='ops with a fused path (inline): auto = Triton on CUDA, torch otherwise')
+                   help='ops with a fused path (inline, linear, relu, focused, taylorshift efficient): auto = Triton '
+                        'on CUDA, torch otherwise')
     p.add_argument('--proj-len', type=int, default=64, help='Linformer projected length')
     p.add_argument('--num-features', type=int, default=64, help='Performer random features')
     p.add_argument('--num-landmarks', type=int, default=64, help='Nystromformer landmarks')

@@ -97,6 +97,21 @@ def test_padding_equals_truncation_and_ignores_garbage(mode):
     torch.testing.assert_close(out2, out)
 
 
+@pytest.mark.parametrize('mode', ['direct', 'efficient'])
+def test_nan_in_padded_keys_reaches_no_gradient(mode):
+    """NaN/inf in padded key slots: finite gradients everywhere, exact zeros in the padded slots."""
+    q, k, v = rand_qkv(2, 2, 5, 9, 4, requires_grad=False)
+    kpm = torch.zeros(2, 9, dtype=torch.bool)
+    kpm[1, 4:] = True
+    k[kpm[:, None, :, None].expand_as(k)] = float('nan')
+    v[kpm[:, None, :, None].expand_as(v)] = float('inf')
+    leaves = [t.requires_grad_() for t in (q, k, v)]
+    out = taylor_attention(*leaves, mode=mode, key_padding_mask=kpm)
+    grads = torch.autograd.grad(out.square().sum(), leaves)
+    assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
+    assert all(torch.all(g[1, :, 4:] == 0) for g in grads[1:])
+
+
 @pytest.mark.parametrize('fn', [taylor_attention, taylor_attention_naive])
 @pytest.mark.parametrize('mode', ['direct', 'efficient'])
 def test_all_padded_sample_gives_zeros(fn, mode):

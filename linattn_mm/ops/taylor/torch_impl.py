@@ -16,6 +16,11 @@ With q and k L2-normalised per head, tau a per-head temperature and f(x) = 1 + x
   head-wise guard 1/f(|tau|) are folded into the small (D^2 x Dv) state, so every intermediate stays
   bounded in fp16/bf16 whatever N and tau are.
 * ``auto``: ``efficient`` when Nk > n0, default ``n0 = D^2 + D + 1`` (the paper's N0, where the two costs meet).
+
+``backend='auto'|'torch'|'triton'`` (see :mod:`linattn_mm.ops.backend`) chooses how the efficient path runs:
+this module's torch code, which forms the (N x D^2) feature tensors, or the fused kernels of
+:mod:`linattn_mm.ops.taylor.triton_impl`, which never store them (imported only when chosen). The direct path
+is always torch.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .._utils import check_qkv, zero_empty_rows
+from ..backend import BACKENDS, resolve_backend
 from ._common import (check_mode, check_temperature, output_scale, taylor_exp, unit_qk,
                       valid_count)
 
@@ -92,9 +98,21 @@ def _efficient(qn: Tensor, kn: Tensor, v: Tensor, tau: Tensor, key_padding_mask:
     return y[..., 1:] / den
 
 
+def _triton_selected(backend: str, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor]) -> bool:
+    """Whether the efficient path runs the fused kernels; ``'auto'`` also needs one dtype for q, k and v."""
+    if resolve_backend(backend, q, k, v, key_padding_mask) != 'triton':
+        return False
+    if q.dtype == k.dtype == v.dtype:
+        return True
+    if backend == 'triton':
+        raise ValueError(f"taylor_attention: backend='triton' needs one dtype for q, k, v, got {q.dtype}, "
+                         f"{k.dtype}, {v.dtype}; cast them or use backend='auto'")
+    return False
+
+
 def taylor_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Union[None, float, Tensor] = None,
                      mode: str = 'auto', n0: Optional[int] = None, output_normalized: bool = False,
-                     key_padding_mask: Optional[Tensor] = None) -> Tensor:
+                     key_padding_mask: Optional[Tensor] = None, backend: str = 'auto') -> Tensor:
     """TaylorShift attention (Taylor-softmax over cosine similarities).
 
     Args:
@@ -109,12 +127,17 @@ def taylor_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Union[None, f
         output_normalized: multiply the result by ``sqrt(N / D)`` (N = valid keys of the sample), the paper's
             output normalisation that keeps the output's magnitude from shrinking as N grows.
         key_padding_mask: ``(B, Nk)`` bool, True = padding key, excluded exactly in both paths.
+        backend: how the efficient path runs: ``'auto'`` (fused Triton kernels on CUDA when available and
+            supported: fp16/bf16/fp32 with one dtype for q, k, v and head dims <= 128; this torch path
+            otherwise), ``'torch'`` or ``'triton'``. The direct path is torch whatever this says; ``'triton'``
+            with ``mode='direct'`` is an error.
 
     Returns:
         ``(B, H, Nq, Dv)``. A sample whose keys are all padding gets zeros.
 
     Raises:
-        ValueError: on inconsistent shapes, a bad mask, temperature shape, or ``mode``.
+        ValueError: on inconsistent shapes, a bad mask, temperature shape, ``mode`` or ``backend``, or for
+            ``backend='triton'`` where the kernels cannot run (the message says why).
     """
     name = 'taylor_attention'
     check_qkv(q, k, v, key_padding_mask, name=name)
@@ -123,8 +146,21 @@ def taylor_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Union[None, f
     d = q.shape[-1]
     if mode == 'auto':
         mode = 'efficient' if k.shape[2] > (taylor_crossover(d) if n0 is None else n0) else 'direct'
+    if backend not in BACKENDS:
+        raise ValueError(f'{name}: unknown backend {backend!r}; choose one of {BACKENDS}')
+    if backend == 'triton' and mode == 'direct':
+        raise ValueError(f"{name}: backend='triton' runs the efficient path only, got mode='direct'; use "
+                         f"mode='efficient' (or 'auto') or backend='auto'")
+    if key_padding_mask is not None:  # before normalising: inf/NaN in padded keys must not reach any gradient
+        k = k.masked_fill(key_padding_mask[:, None, :, None], 0.)
     qn, kn = unit_qk(q, k)
-    out = (_efficient if mode == 'efficient' else _direct)(qn, kn, v, tau, key_padding_mask)
+    if mode == 'direct':
+        out = _direct(qn, kn, v, tau, key_padding_mask)
+    elif _triton_selected(backend, q, k, v, key_padding_mask):
+        from .triton_impl import taylor_efficient_triton  # Triton is optional: imported only when chosen
+        out = taylor_efficient_triton(qn, kn, v, tau, key_padding_mask)
+    else:
+        out = _efficient(qn, kn, v, tau, key_padding_mask)
     if output_normalized:
         out = out * output_scale(key_padding_mask, k, d, out.dtype)
     return zero_empty_rows(out, key_padding_mask)
