@@ -1,6 +1,9 @@
 """Shared test utilities (imported as ``tests._helpers``)."""
 from __future__ import annotations
 
+import importlib
+import os
+import sys
 from typing import Callable, Dict, Optional, Sequence
 
 import pytest
@@ -65,14 +68,71 @@ def triton_library_interpreted() -> bool:
     return type(standard._sum_combine).__name__ == 'InterpretedFunction'
 
 
+# ---- Triton kernel test modules (see tests/ops/test_kernelized_triton.py for how the kernels run) ----
+
+def prepare_triton_interpreter() -> bool:
+    """Call first in a Triton kernel test module, before it imports linattn_mm: without CUDA, switch on Triton's
+    CPU interpreter (``TRITON_INTERPRET=1`` unless set). Returns whether triton had already been imported with
+    compiled kernels, in which case nothing can be interpreted in this process."""
+    preimported = 'triton' in sys.modules and \
+        os.environ.get('TRITON_INTERPRET', '0').strip().lower() in ('', '0', 'false', 'no', 'off')
+    if not HAS_CUDA:
+        os.environ.setdefault('TRITON_INTERPRET', '1')
+    return preimported
+
+
+def import_kernel_modules(*names: str, probe: str) -> list:
+    """Import the kernel modules ``names`` (dependencies first). Without CUDA and with the interpreter on,
+    reload them all, in order, if the last one's ``probe`` kernel was decorated compiled by an earlier import
+    (compiled kernels cannot take CPU tensors)."""
+    from linattn_mm.ops import backend as bk
+    mods = [importlib.import_module(n) for n in names]
+    if not HAS_CUDA and bk.triton_interpret() and type(getattr(mods[-1], probe)).__name__ != 'InterpretedFunction':
+        mods = [importlib.reload(m) for m in mods]
+    return mods
+
+
+def kernels_in_process(preimported: bool) -> bool:
+    """Whether this process can run the kernels: on CUDA, or interpreted with Triton's library interpreted too."""
+    from linattn_mm.ops import backend as bk
+    return HAS_CUDA or (bk.triton_interpret() and not preimported and triton_library_interpreted())
+
+
+def needs_kernels(in_process: bool):
+    """Skip mark for the kernel tests of a module whose process cannot run them (its subprocess test does)."""
+    return pytest.mark.skipif(
+        not in_process, reason='triton was imported before TRITON_INTERPRET=1 was set (or it is forced off); '
+                               'test_interpreter_in_subprocess runs these tests instead')
+
+
+def padding_mask(b: int, nk: int, kind: Optional[str], device) -> Optional[torch.Tensor]:
+    """(B, Nk) masks of the kernel tests: None; ``'all_padded'`` (sample 0 has no valid key, the others keep a
+    prefix of half); ``'ragged'`` (sample 0 unpadded, later samples keep shorter prefixes of >= 1 key)."""
+    if kind is None:
+        return None
+    m = torch.zeros(b, nk, dtype=torch.bool)
+    if kind == 'all_padded':
+        m[0] = True
+        m[1:, (nk + 1) // 2:] = True
+    elif kind == 'ragged':
+        for i in range(1, b):
+            m[i, max(1, nk - 3 * i):] = True
+    else:
+        raise ValueError(f'unknown mask kind {kind!r}')
+    return m.to(device)
+
+
+def with_garbage(t: torch.Tensor, kpm: torch.Tensor) -> torch.Tensor:
+    """A leaf copy of ``t`` (B, H, N, C) with inf (even C) or NaN (odd C) in the padded key slots."""
+    t = t.detach().clone()
+    t[kpm[:, None, :].expand(t.shape[:3])] = float('nan') if t.shape[-1] % 2 else float('inf')
+    return t.requires_grad_()
+
+
 def compile_for_sm90(script: str):
     """Run ``script`` (which compiles kernels for an H100 and prints 'compiled') in a subprocess with the
     interpreter off; skips the calling test when this Triton build has no ptxas."""
-    import os
     import subprocess
-    import sys
-
-    import pytest
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, TRITON_INTERPRET='0', PYTHONPATH=root + os.pathsep + os.environ.get('PYTHONPATH', ''))
     r = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=300)
@@ -84,9 +144,7 @@ def compile_for_sm90(script: str):
 def run_in_interpreter(test_file: str):
     """Rerun a test file's non-slow tests in a fresh process with ``TRITON_INTERPRET=1`` (for when this process
     imported triton before the variable was set)."""
-    import os
     import subprocess
-    import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, TRITON_INTERPRET='1', PYTHONPATH=root + os.pathsep + os.environ.get('PYTHONPATH', ''))
     return subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-m', 'not slow',

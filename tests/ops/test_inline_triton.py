@@ -11,36 +11,22 @@ already imported without the interpreter (by an earlier test module), the in-pro
 Without triton the module is skipped.
 Interpreter runs are slow: shapes are tiny, and blocks are shrunk to 16 to reach multi-block tails.
 """
-import importlib
-import os
-import sys
-
 import pytest
 import torch
 
-from tests._helpers import compile_for_sm90, rel_rms, run_in_interpreter, triton_library_interpreted
+from tests._helpers import (HAS_CUDA, compile_for_sm90, import_kernel_modules, kernels_in_process, needs_kernels,
+                            padding_mask, prepare_triton_interpreter, rel_rms, requires_cuda, run_in_interpreter)
 
-from linattn_mm.ops import backend as bk  # noqa: E402  (imports no triton)
+_TRITON_PREIMPORTED = prepare_triton_interpreter()   # before linattn_mm (and with it, maybe triton) is imported
 
-HAS_CUDA = torch.cuda.is_available()
-# Triton's own library kernels (tl.sum's combine function, ...) are decorated when triton is first imported,
-# so the interpreter works in this process only if TRITON_INTERPRET was set before that first import.
-_TRITON_PREIMPORTED = 'triton' in sys.modules and not bk.triton_interpret()
-if not HAS_CUDA:
-    os.environ.setdefault('TRITON_INTERPRET', '1')
+from linattn_mm.ops import backend as bk  # noqa: E402
+
 pytest.importorskip('triton')
 
-ti = importlib.import_module('linattn_mm.ops.inline.triton_impl')
-if not HAS_CUDA and bk.triton_interpret() and type(ti._reduce_kernel).__name__ != 'InterpretedFunction':
-    ti = importlib.reload(ti)  # imported earlier with compiled kernels, which cannot take CPU tensors
-
+ti, = import_kernel_modules('linattn_mm.ops.inline.triton_impl', probe='_reduce_kernel')
 DEV = 'cuda' if HAS_CUDA else 'cpu'
-IN_PROCESS = HAS_CUDA or (bk.triton_interpret() and not _TRITON_PREIMPORTED
-                           and triton_library_interpreted())
-needs_kernels = pytest.mark.skipif(
-    not IN_PROCESS, reason='triton was imported before TRITON_INTERPRET=1 was set (or it is forced off); '
-                           'test_interpreter_in_subprocess runs these tests instead')
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason='needs a CUDA device')
+IN_PROCESS = kernels_in_process(_TRITON_PREIMPORTED)
+needs_kernels = needs_kernels(IN_PROCESS)
 
 
 try:
@@ -72,16 +58,7 @@ def _inputs(b, h, nq, nk, d, dv, dtype=torch.float32, seed=0):
 
 
 def _mask(b, nk, kind):
-    if kind is None:
-        return None
-    m = torch.zeros(b, nk, dtype=torch.bool)
-    if kind == 'all_padded':   # sample 0 has no valid key at all, sample 1 keeps a prefix
-        m[0] = True
-        m[1:, (nk + 1) // 2:] = True
-    elif kind == 'ragged':     # sample 0 unpadded, later samples keep shorter prefixes (>= 1 key)
-        for i in range(1, b):
-            m[i, max(1, nk - 3 * i):] = True
-    return m.to(DEV)
+    return padding_mask(b, nk, kind, DEV)
 
 
 def _check(q, k, v, kpm, num_splits=None, atol=2e-5, rtol=1e-4):

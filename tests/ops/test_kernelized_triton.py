@@ -11,42 +11,28 @@ in a fresh interpreter with the variable set, as ``test_inline_triton.py`` does.
 skipped. Interpreter runs are slow: shapes are tiny, and blocks are shrunk to 16 tokens to reach multi-block
 tails.
 """
-import importlib
-import os
-import sys
-
 import pytest
 import torch
 
-HAS_CUDA = torch.cuda.is_available()
-_TRITON_PREIMPORTED = 'triton' in sys.modules and \
-    os.environ.get('TRITON_INTERPRET', '0').strip().lower() in ('', '0', 'false', 'no', 'off')
-if not HAS_CUDA:
-    os.environ.setdefault('TRITON_INTERPRET', '1')   # before linattn_mm (and with it, maybe triton) is imported
+from tests._helpers import (HAS_CUDA, compile_for_sm90, import_kernel_modules, kernels_in_process, needs_kernels,
+                            padding_mask, prepare_triton_interpreter, rel_rms, requires_cuda, run_in_interpreter,
+                            with_garbage)
 
-from linattn_mm.ops import backend as bk  # noqa: E402
+_TRITON_PREIMPORTED = prepare_triton_interpreter()   # before linattn_mm (and with it, maybe triton) is imported
+
 from linattn_mm.ops import _kernelized  # noqa: E402
 from linattn_mm.ops.focused import focused_linear_attention, focused_linear_attention_naive  # noqa: E402
 from linattn_mm.ops.focused.torch_impl import KERNEL_EPS  # noqa: E402
 from linattn_mm.ops.linear import linear_attention, linear_attention_naive  # noqa: E402
 from linattn_mm.ops.relu import relu_linear_attention, relu_linear_attention_naive  # noqa: E402
-from tests._helpers import compile_for_sm90, rel_rms, run_in_interpreter, triton_library_interpreted  # noqa: E402
 
 pytest.importorskip('triton')
 
-ti = importlib.import_module('linattn_mm.ops.inline.triton_impl')
-kt = importlib.import_module('linattn_mm.ops._kernelized_triton')
-if not HAS_CUDA and bk.triton_interpret() and type(kt._fwd_reduce_kernel).__name__ != 'InterpretedFunction':
-    ti = importlib.reload(ti)   # imported earlier with compiled kernels, which cannot take CPU tensors
-    kt = importlib.reload(kt)
-
+ti, kt = import_kernel_modules('linattn_mm.ops.inline.triton_impl', 'linattn_mm.ops._kernelized_triton',
+                               probe='_fwd_reduce_kernel')
 DEV = 'cuda' if HAS_CUDA else 'cpu'
-IN_PROCESS = HAS_CUDA or (bk.triton_interpret() and not _TRITON_PREIMPORTED
-                           and triton_library_interpreted())
-needs_kernels = pytest.mark.skipif(
-    not IN_PROCESS, reason='triton was imported before TRITON_INTERPRET=1 was set (or it is forced off); '
-                           'test_interpreter_in_subprocess runs these tests instead')
-requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason='needs a CUDA device')
+IN_PROCESS = kernels_in_process(_TRITON_PREIMPORTED)
+needs_kernels = needs_kernels(IN_PROCESS)
 
 
 # kernel feature map -> (op, naive twin, extra kwargs of both)
@@ -64,23 +50,7 @@ def _inputs(b, h, nq, nk, d, dv, dtype=torch.float32, seed=0):
 
 
 def _mask(b, nk, kind):
-    if kind is None:
-        return None
-    m = torch.zeros(b, nk, dtype=torch.bool)
-    if kind == 'all_padded':   # sample 0 has no valid key at all, sample 1 keeps a prefix
-        m[0] = True
-        m[1:, (nk + 1) // 2:] = True
-    elif kind == 'ragged':     # sample 0 unpadded, later samples keep shorter prefixes (>= 1 key)
-        for i in range(1, b):
-            m[i, max(1, nk - 3 * i):] = True
-    return m.to(DEV)
-
-
-def _garbage(t, kpm):
-    """A leaf copy of ``t`` with inf/NaN in the padded key slots (the kernels must never read them)."""
-    t = t.detach().clone()
-    t[kpm[:, None, :].expand(t.shape[:3])] = float('nan') if t.shape[-1] % 2 else float('inf')
-    return t.requires_grad_()
+    return padding_mask(b, nk, kind, DEV)
 
 
 def _reference(feature, q, k, v, kpm, g, **kw):
@@ -127,7 +97,7 @@ def test_fp32_matches_naive(feature, case, small_blocks):
     q, k, v = _inputs(*shape)
     kpm = _mask(shape[0], shape[3], kind)
     op, _, okw = OPS[feature]
-    kg, vg = (_garbage(k, kpm), _garbage(v, kpm)) if kpm is not None else (k, v)
+    kg, vg = (with_garbage(k, kpm), with_garbage(v, kpm)) if kpm is not None else (k, v)
     out, g, grads = _run(lambda *t: op(*t, key_padding_mask=kpm, backend='triton', **okw), q, kg, vg)
     assert out.dtype == torch.float32 and out.transpose(1, 2).is_contiguous()   # the kernels' output layout
     _assert_close(feature, out, grads, *_reference(feature, q, k, v, kpm, g))

@@ -6,38 +6,24 @@ Triton's CPU interpreter, switched on before triton is first imported (or, if an
 it compiled, by ``test_interpreter_in_subprocess`` in a fresh process). Shapes are tiny and token blocks are
 shrunk to 16 so that several blocks, a masked tail and several feature blocks occur.
 """
-import importlib
-import os
-import sys
-
 import pytest
 import torch
 
-HAS_CUDA = torch.cuda.is_available()
-_TRITON_PREIMPORTED = 'triton' in sys.modules and \
-    os.environ.get('TRITON_INTERPRET', '0').strip().lower() in ('', '0', 'false', 'no', 'off')
-if not HAS_CUDA:
-    os.environ.setdefault('TRITON_INTERPRET', '1')   # before linattn_mm (and with it, maybe triton) is imported
+from tests._helpers import (HAS_CUDA, compile_for_sm90, import_kernel_modules, kernels_in_process, needs_kernels,
+                            padding_mask, prepare_triton_interpreter, rel_rms, run_in_interpreter, with_garbage)
 
-from linattn_mm.ops import backend as bk  # noqa: E402
+_TRITON_PREIMPORTED = prepare_triton_interpreter()   # before linattn_mm (and with it, maybe triton) is imported
+
 from linattn_mm.ops.taylor import taylor_attention, taylor_attention_naive  # noqa: E402
 from linattn_mm.ops.taylor import torch_impl as taylor_torch  # noqa: E402
-from tests._helpers import compile_for_sm90, rel_rms, run_in_interpreter, triton_library_interpreted  # noqa: E402
 
 pytest.importorskip('triton')
 
-kt = importlib.import_module('linattn_mm.ops._kernelized_triton')
-tt = importlib.import_module('linattn_mm.ops.taylor.triton_impl')
-if not HAS_CUDA and bk.triton_interpret() and type(tt._state_kernel).__name__ != 'InterpretedFunction':
-    kt = importlib.reload(kt)   # imported earlier with compiled kernels, which cannot take CPU tensors
-    tt = importlib.reload(tt)
-
+kt, tt = import_kernel_modules('linattn_mm.ops._kernelized_triton', 'linattn_mm.ops.taylor.triton_impl',
+                               probe='_state_kernel')
 DEV = 'cuda' if HAS_CUDA else 'cpu'
-IN_PROCESS = HAS_CUDA or (bk.triton_interpret() and not _TRITON_PREIMPORTED
-                           and triton_library_interpreted())
-needs_kernels = pytest.mark.skipif(
-    not IN_PROCESS, reason='triton was imported before TRITON_INTERPRET=1 was set (or it is forced off); '
-                           'test_interpreter_in_subprocess runs these tests instead')
+IN_PROCESS = kernels_in_process(_TRITON_PREIMPORTED)
+needs_kernels = needs_kernels(IN_PROCESS)
 
 
 def _inputs(b, h, nq, nk, d, dv, dtype=torch.float32, seed=0):
@@ -48,23 +34,7 @@ def _inputs(b, h, nq, nk, d, dv, dtype=torch.float32, seed=0):
 
 
 def _mask(b, nk, kind):
-    if kind is None:
-        return None
-    m = torch.zeros(b, nk, dtype=torch.bool)
-    if kind == 'all_padded':   # sample 0 has no valid key at all, sample 1 keeps a prefix
-        m[0] = True
-        m[1:, (nk + 1) // 2:] = True
-    elif kind == 'ragged':     # sample 0 unpadded, later samples keep shorter prefixes (>= 1 key)
-        for i in range(1, b):
-            m[i, max(1, nk - 3 * i):] = True
-    return m.to(DEV)
-
-
-def _garbage(t, kpm):
-    """A leaf copy of ``t`` with inf/NaN in the padded key slots (the kernels must never use them)."""
-    t = t.detach().clone()
-    t[kpm[:, None, :].expand(t.shape[:3])] = float('nan') if t.shape[-1] % 2 else float('inf')
-    return t.requires_grad_()
+    return padding_mask(b, nk, kind, DEV)
 
 
 def _run(fn, *leaves, seed=7):
@@ -137,7 +107,7 @@ def test_fp32_matches_naive(case, small_blocks):
     *shape, kind, normalized = case
     q, k, v, tau = _inputs(*shape)
     kpm = _mask(shape[0], shape[3], kind)
-    kg, vg = (_garbage(k, kpm), _garbage(v, kpm)) if kpm is not None else (k, v)
+    kg, vg = (with_garbage(k, kpm), with_garbage(v, kpm)) if kpm is not None else (k, v)
     out, g, grads = _run(_op(kpm, output_normalized=normalized), q, kg, vg, tau)
     assert out.dtype == torch.float32
     _assert_close(out, grads, *_reference(q, k, v, tau, kpm, g, output_normalized=normalized))

@@ -63,9 +63,9 @@ from ..inline.triton_impl import _pow2_block, _precision, _split_plan
 BLOCK_F = 64        # features per block (the pair table is padded to a multiple of it)
 BLOCK_N = 64        # tokens per block (the CPU interpreter; tests shrink it)
 # Tokens per block on CUDA, per pass. Not timed on a GPU yet: chosen so that ptxas (sm_90, bf16, 8 warps)
-# reports no register spills for D, Dv in {32, 64}, forward and gradient passes (the gradient pass holds dx, u
-# and the feature gradients as well, so it takes half the tokens; the fused y + dx pass of dK/dV still spills
-# ~300 bytes at 64-wide heads).
+# reports no register spills in the state pass, the forward apply pass and the dQ pass for D = Dv in
+# {32, 64, 128} (the gradient passes hold dx, u and the feature gradients as well, so they take half the
+# tokens); the fused dK + dV pass still spills 316 bytes at 32-wide heads and 104 at 128, none at 64.
 GPU_BLOCK_N = {'state': 64, 'apply': 64, 'grad': 32}
 NUM_WARPS = 8
 
