@@ -219,6 +219,20 @@ def test_auto_on_cpu_stays_on_torch(monkeypatch):
                                atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.skipif(not HAS_CUDA, reason='needs a CUDA device')
+@pytest.mark.parametrize('nk,kernels', [(2000, True), (500, False)])
+def test_auto_on_cuda_takes_the_kernels_above_the_crossover(monkeypatch, nk, kernels):
+    """mode='auto' with backend='auto' on CUDA: the kernels run the efficient path (Nk > n0 = 1057 at D = 32);
+    shorter sequences take the torch direct path."""
+    calls = []
+    real = tt.taylor_efficient_triton
+    monkeypatch.setattr(tt, 'taylor_efficient_triton', lambda *a, **k: calls.append(1) or real(*a, **k))
+    q, k, v = [torch.randn(1, 2, nk, 32, device='cuda', dtype=torch.bfloat16) for _ in range(3)]
+    out = taylor_attention(q, k, v)
+    assert bool(calls) == kernels and out.dtype == torch.bfloat16
+    assert rel_rms(taylor_attention_naive(q.double(), k.double(), v.double()), out) < 8e-3
+
+
 def test_backend_errors(monkeypatch):
     q = torch.randn(1, 1, 4, 8)
     with pytest.raises(ValueError, match="runs the efficient path only"):
