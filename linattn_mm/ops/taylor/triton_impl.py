@@ -269,7 +269,7 @@ def _apply(x: Tensor, m: Tensor, m0: Tensor, dv: int, want_y: bool, u: Optional[
     y = torch.empty(b, h, n, dv, **f32) if want_y else None
     y0 = torch.empty(b, h, n, **f32) if want_y else None
     dx = torch.empty_like(x) if want_dx else None
-    if b * h == 0 or n == 0:
+    if b * h == 0 or n == 0 or not (want_y or want_dx):
         return y, y0, dx
     bd, bdv = _pow2_block(d), m.shape[-1]
     block_n = _block_n(x, 'grad' if want_dx else 'apply')
@@ -283,10 +283,6 @@ def _apply(x: Tensor, m: Tensor, m0: Tensor, dv: int, want_y: bool, u: Optional[
         WANT_Y=want_y, WANT_DX=want_dx, **_common(x, u), BLOCK_N=block_n, BLOCK_F=BLOCK_F, BLOCK_D=bd,
         BLOCK_DV=bdv, num_warps=NUM_WARPS)
     return y, y0, dx
-
-
-def _grad_operand(t: Optional[Tensor], like: Tensor) -> Tensor:
-    return torch.zeros_like(like) if t is None else t.float().contiguous()
 
 
 class _TaylorState(torch.autograd.Function):
