@@ -92,17 +92,50 @@ def import_kernel_modules(*names: str, probe: str) -> list:
     return mods
 
 
-def kernels_in_process(preimported: bool) -> bool:
-    """Whether this process can run the kernels: on CUDA, or interpreted with Triton's library interpreted too."""
+def kernel_test_setup(preimported: bool):
+    """``(DEV, IN_PROCESS, needs_kernels)`` of a Triton kernel test module: the device its tensors live on,
+    whether this process can run the kernels (on CUDA, or interpreted with Triton's library kernels interpreted
+    too) and the skip mark for the kernel tests otherwise (the module's subprocess test then runs them)."""
     from linattn_mm.ops import backend as bk
-    return HAS_CUDA or (bk.triton_interpret() and not preimported and triton_library_interpreted())
-
-
-def needs_kernels(in_process: bool):
-    """Skip mark for the kernel tests of a module whose process cannot run them (its subprocess test does)."""
-    return pytest.mark.skipif(
+    in_process = HAS_CUDA or (bk.triton_interpret() and not preimported and triton_library_interpreted())
+    mark = pytest.mark.skipif(
         not in_process, reason='triton was imported before TRITON_INTERPRET=1 was set (or it is forced off); '
                                'test_interpreter_in_subprocess runs these tests instead')
+    return ('cuda' if HAS_CUDA else 'cpu'), in_process, mark
+
+
+def kernel_module_tests(test_file: str, compile_script: str, in_process: bool):
+    """The two tests every Triton kernel test module has, bound to that module: compiling its kernels for an
+    H100 (``compile_script``, see :func:`compile_for_sm90`) and rerunning it under the interpreter in a fresh
+    process when this one cannot. Assign the pair to module-level ``test_*`` names so that pytest collects it."""
+    @pytest.mark.slow
+    def test_kernels_compile_for_sm90():
+        """The interpreter skips Triton's type checks: compile the real kernels for an H100 (sm_90) without a
+        GPU (Triton ships LLVM and ptxas), in a subprocess so that TRITON_INTERPRET is off there."""
+        r = compile_for_sm90(compile_script)
+        assert r.returncode == 0 and 'compiled' in r.stdout, r.stderr[-3000:]
+
+    @pytest.mark.skipif(in_process, reason='the kernel tests run in this process')
+    def test_interpreter_in_subprocess():
+        """Fallback when this process cannot interpret: rerun the module's kernel tests in a fresh interpreter."""
+        r = run_in_interpreter(test_file)
+        assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+
+    return test_kernels_compile_for_sm90, test_interpreter_in_subprocess
+
+
+def compile_kernel_sm90(fn, types: Dict[str, str], consts: Dict, num_warps: int):
+    """Compile the ``@triton.jit`` kernel ``fn`` for sm_90 (inside a :func:`compile_for_sm90` script). ``types``
+    gives every pointer argument (``'*bf16'``, ...) and any float scalar; other arguments are i32 and
+    ``consts`` are the constexprs."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    untyped = [n for n in fn.arg_names if n.endswith(('_ptr', '_part')) and n not in types and n not in consts]
+    assert not untyped, f'pointer arguments without a type: {untyped}'
+    sig = {n: 'constexpr' if n in consts else types.get(n, 'i32') for n in fn.arg_names}
+    return triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget('cuda', 90, 32),
+                          options=dict(num_warps=num_warps))
 
 
 def padding_mask(b: int, nk: int, kind: Optional[str], device) -> Optional[torch.Tensor]:

@@ -63,8 +63,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._utils import check_qkv
-from .backend import MAX_HEAD_DIM
+from .backend import check_triton_inputs
 from .focused.torch_impl import KERNEL_EPS as FOCUS_EPS   # FLatten's relu(x) + 1e-6
 # shared launch planning of the InLine kernels: power-of-two tiles, TF32 rule, token splits per head
 from .inline.triton_impl import _gpu_tuned_blocks, _pow2_block, _precision, _split_plan
@@ -533,21 +532,9 @@ def kernelized_attention_triton(q: Tensor, k: Tensor, v: Tensor, key_padding_mas
         ValueError: on inconsistent shapes/dtypes/devices, head dims above 128 or an unknown feature map.
     """
     name = 'kernelized_attention_triton'
-    check_qkv(q, k, v, key_padding_mask, name=name)
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in _MODES:
-        raise ValueError(f'{name}: q, k, v must share one dtype among float16/bfloat16/float32, '
-                         f'got {q.dtype}, {k.dtype}, {v.dtype}')
-    if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
-        raise ValueError(f'{name}: head dims must be <= {MAX_HEAD_DIM}, got D={q.shape[-1]}, Dv={v.shape[-1]}; '
-                         f'use the torch backend')
+    pad = check_triton_inputs(q, k, v, key_padding_mask, name)
     if feature not in FEATURES:
         raise ValueError(f'{name}: feature must be one of {sorted(FEATURES)}, got {feature!r}')
     if feature == 'focused' and not focusing_factor > 0:
         raise ValueError(f'{name}: focusing_factor must be > 0, got {focusing_factor}')
-    devices = {q.device, k.device, v.device}
-    if key_padding_mask is not None:
-        devices.add(key_padding_mask.device)
-    if len(devices) > 1:
-        raise ValueError(f'{name}: q, k, v and key_padding_mask must be on one device')
-    pad = key_padding_mask.view(torch.uint8) if key_padding_mask is not None else None  # same bytes, 1 = padding
     return _KernelizedTriton.apply(q, k, v, pad, float(eps), FEATURES[feature], float(focusing_factor), num_splits)

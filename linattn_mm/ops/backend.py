@@ -17,6 +17,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ._utils import check_qkv
+
 BACKENDS = ('auto', 'torch', 'triton')
 TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 MAX_HEAD_DIM = 128  # the (D x Dv) state of one head lives in registers; wider heads would spill
@@ -91,3 +93,28 @@ def resolve_backend(backend: str, *tensors: Optional[Tensor], max_head_dim: int 
         raise ValueError("backend='triton' needs CUDA tensors; on CPU the kernels run only under Triton's "
                          "interpreter (set TRITON_INTERPRET=1 before importing the kernels; slow, for tests)")
     return 'triton'
+
+
+def check_triton_inputs(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor],
+                        name: str) -> Optional[Tensor]:
+    """Validate what every fused kernel entry point takes; return the mask as the kernels read it.
+
+    Checks the op contract (:func:`check_qkv`), one dtype among fp16/bf16/fp32 for q, k and v, head dims
+    <= ``MAX_HEAD_DIM`` and one device, each failure as one ``ValueError`` naming ``name`` and the fix.
+
+    Returns:
+        ``key_padding_mask`` reinterpreted as uint8 (same bytes, no copy; 1 = padding), or None.
+    """
+    check_qkv(q, k, v, key_padding_mask, name=name)
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in TRITON_DTYPES:
+        raise ValueError(f'{name}: q, k, v must share one dtype among float16/bfloat16/float32, '
+                         f'got {q.dtype}, {k.dtype}, {v.dtype}')
+    if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
+        raise ValueError(f'{name}: head dims must be <= {MAX_HEAD_DIM}, got D={q.shape[-1]}, Dv={v.shape[-1]}; '
+                         f'use the torch backend')
+    devices = {q.device, k.device, v.device}
+    if key_padding_mask is not None:
+        devices.add(key_padding_mask.device)
+    if len(devices) > 1:
+        raise ValueError(f'{name}: q, k, v and key_padding_mask must be on one device')
+    return key_padding_mask.view(torch.uint8) if key_padding_mask is not None else None

@@ -14,8 +14,8 @@ Interpreter runs are slow: shapes are tiny, and blocks are shrunk to 16 to reach
 import pytest
 import torch
 
-from tests._helpers import (HAS_CUDA, compile_for_sm90, import_kernel_modules, kernels_in_process, needs_kernels,
-                            padding_mask, prepare_triton_interpreter, rel_rms, requires_cuda, run_in_interpreter)
+from tests._helpers import (import_kernel_modules, kernel_module_tests, kernel_test_setup, padding_mask,
+                            prepare_triton_interpreter, rel_rms, requires_cuda)
 
 _TRITON_PREIMPORTED = prepare_triton_interpreter()   # before linattn_mm (and with it, maybe triton) is imported
 
@@ -24,9 +24,7 @@ from linattn_mm.ops import backend as bk  # noqa: E402
 pytest.importorskip('triton')
 
 ti, = import_kernel_modules('linattn_mm.ops.inline.triton_impl', probe='_reduce_kernel')
-DEV = 'cuda' if HAS_CUDA else 'cpu'
-IN_PROCESS = kernels_in_process(_TRITON_PREIMPORTED)
-needs_kernels = needs_kernels(IN_PROCESS)
+DEV, IN_PROCESS, needs_kernels = kernel_test_setup(_TRITON_PREIMPORTED)
 
 
 try:
@@ -231,13 +229,8 @@ def test_input_validation():
 
 
 _COMPILE_SM90 = r'''
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 import linattn_mm.ops.inline.triton_impl as ti
-def sig(fn, types, consts):
-    assert all(n in types or n in consts or not n.endswith('_ptr') for n in fn.arg_names)
-    return {n: ('constexpr' if n in consts else types.get(n, 'i32')) for n in fn.arg_names}
+from tests._helpers import compile_kernel_sm90 as build
 for dt, bd, rb, ab in (('bf16', 128, ti.REDUCE_BLOCK_N, ti.APPLY_BLOCK_N), ('fp32', 16, ti.REDUCE_BLOCK_N,
                         ti.APPLY_BLOCK_N), ('bf16', 64, ti.GPU_REDUCE_BLOCK_N, ti.GPU_APPLY_BLOCK_N)):
     for write in (False, True):
@@ -245,36 +238,17 @@ for dt, bd, rb, ab in (('bf16', 128, ti.REDUCE_BLOCK_N, ti.APPLY_BLOCK_N), ('fp3
                     sy_ptr='*fp32', cnt_ptr='*fp32', w_ptr='*fp32', out_ptr='*' + dt)
         c = dict(HAS_PAD=not write, CENTRED=not write, WRITE_YW=write, PREC='ieee', UPCAST=False,
                  BLOCK_N=rb, BLOCK_DX=bd, BLOCK_DY=bd)
-        triton.compile(ASTSource(ti._reduce_kernel, sig(ti._reduce_kernel, ptrs, c), constexprs=c),
-                       target=GPUTarget('cuda', 90, 32), options=dict(num_warps=8))
+        build(ti._reduce_kernel, ptrs, c, 8)
     ptrs = dict(x_ptr='*' + dt, w_ptr='*fp32', bias_ptr='*fp32', pad_ptr='*u8', out_ptr='*' + dt)
-    c = dict(HAS_BIAS=True, HAS_PAD=True, PREC='ieee', UPCAST=False, BLOCK_N=ab,
-             BLOCK_DIN=bd, BLOCK_DOUT=bd)
-    triton.compile(ASTSource(ti._affine_kernel, sig(ti._affine_kernel, ptrs, c), constexprs=c),
-                   target=GPUTarget('cuda', 90, 32), options=dict(num_warps=4))
+    build(ti._affine_kernel, ptrs, dict(HAS_BIAS=True, HAS_PAD=True, PREC='ieee', UPCAST=False, BLOCK_N=ab,
+                                        BLOCK_DIN=bd, BLOCK_DOUT=bd), 4)
 for fn, c in ((ti._combine_fwd_kernel, dict(BLOCK_DX=16, BLOCK_DY=128)),
               (ti._combine_bwd_kernel, dict(BLOCK_DX=128, BLOCK_DY=16))):
-    ptrs = {n: '*fp32' for n in fn.arg_names if n.endswith('_ptr')}
-    ptrs['scale'] = 'fp32'
-    triton.compile(ASTSource(fn, sig(fn, ptrs, c), constexprs=c), target=GPUTarget('cuda', 90, 32),
-                   options=dict(num_warps=4))
+    build(fn, dict({n: '*fp32' for n in fn.arg_names if n.endswith('_ptr')}, scale='fp32'), c, 4)
 print('compiled')
 '''
-
-
-@pytest.mark.slow
-def test_kernels_compile_for_sm90():
-    """The interpreter skips Triton's type checks: compile the real kernels for an H100 (sm_90) without a GPU
-    (Triton ships LLVM and ptxas), in a subprocess so that TRITON_INTERPRET is off there."""
-    r = compile_for_sm90(_COMPILE_SM90)
-    assert r.returncode == 0 and 'compiled' in r.stdout, r.stderr[-3000:]
-
-
-@pytest.mark.skipif(IN_PROCESS, reason='the kernel tests run in this process')
-def test_interpreter_in_subprocess():
-    """Fallback when this process cannot interpret: rerun this file's kernel tests in a fresh interpreter."""
-    r = run_in_interpreter(__file__)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+test_kernels_compile_for_sm90, test_interpreter_in_subprocess = kernel_module_tests(__file__, _COMPILE_SM90,
+                                                                                    IN_PROCESS)
 
 
 # ---- backend selection (no kernel launches) ----

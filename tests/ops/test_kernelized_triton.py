@@ -14,9 +14,8 @@ tails.
 import pytest
 import torch
 
-from tests._helpers import (HAS_CUDA, compile_for_sm90, import_kernel_modules, kernels_in_process, needs_kernels,
-                            padding_mask, prepare_triton_interpreter, rel_rms, requires_cuda, run_in_interpreter,
-                            with_garbage)
+from tests._helpers import (import_kernel_modules, kernel_module_tests, kernel_test_setup, padding_mask,
+                            prepare_triton_interpreter, rel_rms, requires_cuda, with_garbage)
 
 _TRITON_PREIMPORTED = prepare_triton_interpreter()   # before linattn_mm (and with it, maybe triton) is imported
 
@@ -30,9 +29,7 @@ pytest.importorskip('triton')
 
 ti, kt = import_kernel_modules('linattn_mm.ops.inline.triton_impl', 'linattn_mm.ops._kernelized_triton',
                                probe='_fwd_reduce_kernel')
-DEV = 'cuda' if HAS_CUDA else 'cpu'
-IN_PROCESS = kernels_in_process(_TRITON_PREIMPORTED)
-needs_kernels = needs_kernels(IN_PROCESS)
+DEV, IN_PROCESS, needs_kernels = kernel_test_setup(_TRITON_PREIMPORTED)
 
 
 # kernel feature map -> (op, naive twin, extra kwargs of both)
@@ -290,19 +287,13 @@ def test_input_validation():
 
 
 _COMPILE_SM90 = r'''
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 import linattn_mm.ops._kernelized_triton as kt
+from tests._helpers import compile_kernel_sm90
 FP32 = {'kv_ptr', 'ks_ptr', 'cnt_ptr', 'z_ptr', 'inv_ptr', 'dkv_ptr', 'dz_ptr', 'w_ptr', 'bz_ptr'}
-def sig(fn, types, consts):
-    return {n: ('constexpr' if n in consts else types.get(n, 'fp32' if n in ('p', 'eps') else 'i32'))
-            for n in fn.arg_names}
 def build(fn, dt, consts, warps):
-    ptrs = {n: ('*fp32' if n in FP32 or n.endswith('_part') else '*u8' if n == 'pad_ptr' else '*' + dt)
-            for n in fn.arg_names if n.endswith(('_ptr', '_part'))}
-    triton.compile(ASTSource(fn, sig(fn, ptrs, consts), constexprs=consts), target=GPUTarget('cuda', 90, 32),
-                   options=dict(num_warps=warps))
+    types = {n: ('*fp32' if n in FP32 or n.endswith('_part') else '*u8' if n == 'pad_ptr' else '*' + dt)
+             for n in fn.arg_names if n.endswith(('_ptr', '_part'))}
+    compile_kernel_sm90(fn, dict(types, p='fp32', eps='fp32'), consts, warps)
 for dt, mode, feat, bd, blk in (('bf16', 1, 3, 64, kt.GPU_BLOCK_N), ('fp16', 2, 2, 128, None),
                                 ('fp32', 0, 1, 16, None)):
     bn = lambda kind: blk[kind] if blk else kt.BLOCK_N
@@ -315,21 +306,8 @@ for fn in (kt._fwd_combine_kernel, kt._bwd_combine_kernel):
     build(fn, 'fp32', dict(BLOCK_D=128, BLOCK_DV=16), 4)
 print('compiled')
 '''
-
-
-@pytest.mark.slow
-def test_kernels_compile_for_sm90():
-    """The interpreter skips Triton's type checks: compile the real kernels for an H100 (sm_90) without a GPU
-    (Triton ships LLVM and ptxas), in a subprocess so that TRITON_INTERPRET is off there."""
-    r = compile_for_sm90(_COMPILE_SM90)
-    assert r.returncode == 0 and 'compiled' in r.stdout, r.stderr[-3000:]
-
-
-@pytest.mark.skipif(IN_PROCESS, reason='the kernel tests run in this process')
-def test_interpreter_in_subprocess():
-    """Fallback when this process cannot interpret: rerun this file's kernel tests in a fresh interpreter."""
-    r = run_in_interpreter(__file__)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+test_kernels_compile_for_sm90, test_interpreter_in_subprocess = kernel_module_tests(__file__, _COMPILE_SM90,
+                                                                                    IN_PROCESS)
 
 
 # ---- GPU only: compiled kernels at realistic sizes against the float64 torch path ----

@@ -112,6 +112,20 @@ def test_nan_in_padded_keys_reaches_no_gradient(mode):
     assert all(torch.all(g[1, :, 4:] == 0) for g in grads[1:])
 
 
+@pytest.mark.parametrize('mode', ['direct', 'efficient'])
+def test_fp16_padding_stays_finite(mode):
+    """fp16 with padded keys (zeroed before normalising, where F.normalize's default eps is 0 in fp16):
+    finite output and gradients, close to the float64 result."""
+    q, k, v = rand_qkv(2, 2, 6, 11, 8, dtype=torch.float16)
+    kpm = torch.zeros(2, 11, dtype=torch.bool)
+    kpm[1, 5:] = True
+    out = taylor_attention(q, k, v, mode=mode, key_padding_mask=kpm)
+    grads = torch.autograd.grad(out.float().square().sum(), (q, k, v))
+    assert torch.isfinite(out).all() and all(torch.isfinite(g).all() for g in grads)
+    ref = taylor_attention_naive(q.double(), k.double(), v.double(), key_padding_mask=kpm).detach()
+    assert rel_rms(ref, out.detach()) < 2e-3
+
+
 @pytest.mark.parametrize('fn', [taylor_attention, taylor_attention_naive])
 @pytest.mark.parametrize('mode', ['direct', 'efficient'])
 def test_all_padded_sample_gives_zeros(fn, mode):

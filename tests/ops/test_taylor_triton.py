@@ -9,8 +9,8 @@ shrunk to 16 so that several blocks, a masked tail and several feature blocks oc
 import pytest
 import torch
 
-from tests._helpers import (HAS_CUDA, compile_for_sm90, import_kernel_modules, kernels_in_process, needs_kernels,
-                            padding_mask, prepare_triton_interpreter, rel_rms, run_in_interpreter, with_garbage)
+from tests._helpers import (import_kernel_modules, kernel_module_tests, kernel_test_setup, padding_mask,
+                            prepare_triton_interpreter, rel_rms, requires_cuda, with_garbage)
 
 _TRITON_PREIMPORTED = prepare_triton_interpreter()   # before linattn_mm (and with it, maybe triton) is imported
 
@@ -21,9 +21,7 @@ pytest.importorskip('triton')
 
 kt, tt = import_kernel_modules('linattn_mm.ops._kernelized_triton', 'linattn_mm.ops.taylor.triton_impl',
                                probe='_state_kernel')
-DEV = 'cuda' if HAS_CUDA else 'cpu'
-IN_PROCESS = kernels_in_process(_TRITON_PREIMPORTED)
-needs_kernels = needs_kernels(IN_PROCESS)
+DEV, IN_PROCESS, needs_kernels = kernel_test_setup(_TRITON_PREIMPORTED)
 
 
 def _inputs(b, h, nq, nk, d, dv, dtype=torch.float32, seed=0):
@@ -219,7 +217,7 @@ def test_auto_on_cpu_stays_on_torch(monkeypatch):
                                atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason='needs a CUDA device')
+@requires_cuda
 @pytest.mark.parametrize('nk,kernels', [(2000, True), (500, False)])
 def test_auto_on_cuda_takes_the_kernels_above_the_crossover(monkeypatch, nk, kernels):
     """mode='auto' with backend='auto' on CUDA: the kernels run the efficient path (Nk > n0 = 1057 at D = 32);
@@ -248,23 +246,13 @@ def test_backend_errors(monkeypatch):
 
 
 _COMPILE_SM90 = r'''
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 import linattn_mm.ops.taylor.triton_impl as tt
+from tests._helpers import compile_kernel_sm90
 FP32 = {'s_part', 's0_part', 'm_ptr', 'm0_ptr', 'y_ptr', 'y0_ptr'}
 def build(fn, dt, udt, consts):
-    types = {}
-    for n in fn.arg_names:
-        if n in consts:
-            types[n] = 'constexpr'
-        elif n.endswith(('_ptr', '_part')):
-            types[n] = '*fp32' if n in FP32 else '*i32' if n in ('ia_ptr', 'ib_ptr') else \
-                '*' + (udt if n in ('u_ptr', 'u0_ptr') else dt)
-        else:
-            types[n] = 'i32'
-    triton.compile(ASTSource(fn, types, constexprs=consts), target=GPUTarget('cuda', 90, 32),
-                   options=dict(num_warps=tt.NUM_WARPS))
+    types = {n: '*fp32' if n in FP32 else '*i32' if n in ('ia_ptr', 'ib_ptr') else
+             '*' + (udt if n in ('u_ptr', 'u0_ptr') else dt) for n in fn.arg_names if n.endswith(('_ptr', '_part'))}
+    compile_kernel_sm90(fn, types, consts, tt.NUM_WARPS)
 for dt, udt, mode, bd in (('bf16', 'bf16', 1, 32), ('bf16', 'fp32', 1, 64), ('fp16', 'fp16', 2, 128),
                           ('fp32', 'fp32', 0, 16)):
     c = dict(MODE=mode, PREC='ieee', UPCAST=False, U_EXACT=udt == 'bf16', BLOCK_F=tt.BLOCK_F)
@@ -274,17 +262,5 @@ for dt, udt, mode, bd in (('bf16', 'bf16', 1, 32), ('bf16', 'fp32', 1, 64), ('fp
                                               BLOCK_N=tt.GPU_BLOCK_N['grad' if wdx else 'apply']))
 print('compiled')
 '''
-
-
-@pytest.mark.slow
-def test_kernels_compile_for_sm90():
-    """The interpreter skips Triton's type checks: compile the real kernels for an H100 (sm_90) without a GPU."""
-    r = compile_for_sm90(_COMPILE_SM90)
-    assert r.returncode == 0 and 'compiled' in r.stdout, r.stderr[-3000:]
-
-
-@pytest.mark.skipif(IN_PROCESS, reason='the kernel tests run in this process')
-def test_interpreter_in_subprocess():
-    """Fallback when this process cannot interpret: rerun this file's kernel tests in a fresh interpreter."""
-    r = run_in_interpreter(__file__)
-    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
+test_kernels_compile_for_sm90, test_interpreter_in_subprocess = kernel_module_tests(__file__, _COMPILE_SM90,
+                                                                                    IN_PROCESS)

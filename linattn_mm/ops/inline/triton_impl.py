@@ -59,8 +59,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .._utils import check_qkv
-from ..backend import MAX_HEAD_DIM
+from ..backend import check_triton_inputs
 
 # Tuning constants. The GPU_* block sizes come from a sweep on an H100 (bf16, 65,536 tokens, 128 heads, D 32/64:
 # reduction blocks of 256 tokens took the forward from ~1.5 to 2.2 (D 32) and 2.7 TB/s (D 64) against a
@@ -445,18 +444,5 @@ def inline_attention_triton(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: O
     Raises:
         ValueError: on inconsistent shapes/dtypes/devices, or head dims above 128.
     """
-    check_qkv(q, k, v, key_padding_mask, name='inline_attention_triton')
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise ValueError(f'inline_attention_triton: q, k, v must share one dtype among float16/bfloat16/float32, '
-                         f'got {q.dtype}, {k.dtype}, {v.dtype}')
-    if max(q.shape[-1], v.shape[-1]) > MAX_HEAD_DIM:
-        raise ValueError(f'inline_attention_triton: head dims must be <= {MAX_HEAD_DIM}, '
-                         f'got D={q.shape[-1]}, Dv={v.shape[-1]}; use the torch backend')
-    devices = {q.device, k.device, v.device}
-    if key_padding_mask is not None:
-        devices.add(key_padding_mask.device)
-    if len(devices) > 1:
-        raise ValueError('inline_attention_triton: q, k, v and key_padding_mask must be on one device')
-    # a bool tensor reinterpreted as uint8 (same bytes, no copy): 1 = padding
-    pad = key_padding_mask.view(torch.uint8) if key_padding_mask is not None else None
+    pad = check_triton_inputs(q, k, v, key_padding_mask, 'inline_attention_triton')
     return _InLineTriton.apply(q, k, v, pad, num_splits)

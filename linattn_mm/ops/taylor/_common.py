@@ -45,8 +45,13 @@ def check_mode(mode: str, name: str) -> None:
 
 
 def unit_qk(q: Tensor, k: Tensor) -> Tuple[Tensor, Tensor]:
-    """L2-normalise q and k per head, so that q.k is a cosine."""
-    return F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+    """L2-normalise q and k per head, so that q.k is a cosine; a zero row (a masked key) stays exactly zero.
+
+    ``F.normalize``'s default eps (1e-12) is 0 in fp16, where a zero row would become 0/0 = NaN; the eps used
+    here is at least the dtype's smallest normal number.
+    """
+    eps = max(1e-12, torch.finfo(q.dtype).tiny)
+    return F.normalize(q, dim=-1, eps=eps), F.normalize(k, dim=-1, eps=eps)
 
 
 def valid_count(key_padding_mask: Optional[Tensor], k: Tensor) -> Tensor:

@@ -46,9 +46,8 @@ def _outer_rows(x: Tensor) -> Tensor:
 
 
 def _direct(qn: Tensor, kn: Tensor, v: Tensor, tau: Tensor, key_padding_mask: Optional[Tensor]) -> Tensor:
+    # padded keys are zero (masked before normalising), so a = 0 there: |0| never raises the row max
     a = (qn * tau.to(qn.dtype)) @ kn.transpose(-2, -1)                     # tau * cos, (B, H, Nq, Nk)
-    if key_padding_mask is not None:
-        a = a.masked_fill(key_padding_mask[:, None, None, :], 0.)          # |0| never raises the row max
     # f(a) <= f(a_max) on the row; f_max is a (B, H, Nq, 1) column, formed in float32+ so it cannot overflow
     f_max = taylor_exp(a.abs().amax(-1, keepdim=True).to(tau.dtype))
     inv, inv_sqrt = f_max.reciprocal().to(a.dtype), f_max.rsqrt().to(a.dtype)
@@ -68,10 +67,8 @@ def _efficient(qn: Tensor, kn: Tensor, v: Tensor, tau: Tensor, key_padding_mask:
     qs, ks = qn * s, kn * s                                                # |qs| = |ks| = d^(1/4)
     # v' = [1, v]: the ones column carries the normaliser sum_j f(.) through the same products
     v1 = torch.cat([torch.ones_like(v[..., :1]), v], dim=-1)
-    if key_padding_mask is not None:
-        pad = key_padding_mask[:, None, :, None]
-        ks = ks.masked_fill(pad, 0.)
-        v1 = v1.masked_fill(pad, 0.)                                       # also zeroes the ones column
+    if key_padding_mask is not None:   # padded keys are already zero; v may hold anything there
+        v1 = v1.masked_fill(key_padding_mask[:, None, :, None], 0.)        # also zeroes the ones column
     n = valid_count(key_padding_mask, ks)                                  # N = valid keys, float32+
     r = n.rsqrt().to(v1.dtype)                                             # 1/sqrt(N)
     r4 = n.pow(-0.25).to(ks.dtype)                                         # (ks r4) (x) (ks r4) = (ks (x) ks) r
@@ -151,8 +148,8 @@ def taylor_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Union[None, f
     if backend == 'triton' and mode == 'direct':
         raise ValueError(f"{name}: backend='triton' runs the efficient path only, got mode='direct'; use "
                          f"mode='efficient' (or 'auto') or backend='auto'")
-    if key_padding_mask is not None:  # before normalising: inf/NaN in padded keys must not reach any gradient
-        k = k.masked_fill(key_padding_mask[:, None, :, None], 0.)
+    if key_padding_mask is not None:  # before normalising (both paths rely on it): inf/NaN in padded keys must
+        k = k.masked_fill(key_padding_mask[:, None, :, None], 0.)  # not reach any gradient; unit(0) = 0
     qn, kn = unit_qk(q, k)
     if mode == 'direct':
         out = _direct(qn, kn, v, tau, key_padding_mask)

@@ -343,10 +343,11 @@ def taylor_efficient_triton(qn: Tensor, kn: Tensor, v: Tensor, tau: Tensor, key_
 
     Args:
         qn: ``(B, H, Nq, D)`` unit queries (L2-normalised per head). Any strides.
-        kn: ``(B, H, Nk, D)`` unit keys.
+        kn: ``(B, H, Nk, D)`` unit keys, finite in padded slots (:func:`taylor_attention` zeroes them before
+            normalising); they meet zero weights there.
         v: ``(B, H, Nk, Dv)`` values; fp16, bf16 or fp32, the dtype of qn and kn; D, Dv <= 128.
         tau: ``(1, H|1, 1, 1)`` temperature in fp32 (or fp64), differentiable.
-        key_padding_mask: ``(B, Nk)`` bool, True = padding key (excluded exactly, whatever it holds).
+        key_padding_mask: ``(B, Nk)`` bool, True = padding key (excluded exactly, whatever ``v`` holds there).
         num_splits: token-axis splits of the state reduction; ``None`` = fill the GPU. For tests/tuning.
 
     Returns:
@@ -355,9 +356,7 @@ def taylor_efficient_triton(qn: Tensor, kn: Tensor, v: Tensor, tau: Tensor, key_
     b, h, nk, d = kn.shape
     dv = v.shape[-1]
     if key_padding_mask is not None:
-        pad = key_padding_mask[:, None, :, None]
-        kn = kn.masked_fill(pad, 0.)                    # masked_fill: inf/NaN in padding cannot leak
-        v = v.masked_fill(pad, 0.)
+        v = v.masked_fill(key_padding_mask[:, None, :, None], 0.)   # masked_fill: inf/NaN cannot leak
         valid = ~key_padding_mask
         u0 = valid.to(v.dtype)[:, None, :].expand(b, h, nk)
         n = valid.sum(-1).clamp_min(1).to(tau.dtype).view(b, 1, 1)
