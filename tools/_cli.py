@@ -55,6 +55,15 @@ def load_config(args: argparse.Namespace):
     return cfg
 
 
+def close_distributed() -> None:
+    """Destroy the process group of a distributed run while the interpreter is fully alive. Left to interpreter
+    finalisation, gloo's worker threads can abort the process (SIGABRT) after a successful run
+    (pytorch/pytorch#179291); seen once in this project's 2-process CPU test."""
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def _use_gloo_without_cuda(cfg) -> None:
     """Distributed runs on a machine without GPUs (torchrun, gloo).
 

@@ -6,7 +6,7 @@ Prints the config's metrics (COCO bbox/segm mAP for detection, mIoU for segmenta
 import argparse
 import os.path as osp
 
-from _cli import add_common_args, build_runner, check_data, load_config
+from _cli import add_common_args, build_runner, check_data, close_distributed, load_config
 
 
 def parse_args(argv=None):
@@ -54,7 +54,10 @@ def main(argv=None):
             cfg.test_evaluator = [cfg.test_evaluator, dump]
     check_data(cfg, ['test'])
     runner = build_runner(cfg)
-    return runner.test()
+    try:
+        return runner.test()
+    finally:
+        close_distributed()
 
 
 if __name__ == '__main__':

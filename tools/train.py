@@ -5,7 +5,7 @@ One script for both tasks: the config's ``default_scope`` picks mmdet or mmseg. 
 """
 import argparse
 
-from _cli import add_common_args, build_runner, check_data, load_config
+from _cli import add_common_args, build_runner, check_data, close_distributed, load_config
 
 
 def parse_args(argv=None):
@@ -43,7 +43,10 @@ def main(argv=None):
 
     check_data(cfg, ['train', 'val'] if cfg.get('val_cfg') else ['train'])
     runner = build_runner(cfg)
-    runner.train()
+    try:
+        runner.train()
+    finally:
+        close_distributed()
     return runner
 
 
