@@ -31,13 +31,20 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(embed_dims, eps=norm_eps) if norm else nn.Identity()
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
-        h, w = x.shape[-2:]
-        s = self.stride
-        if not self.overlap and (h % s or w % s):
-            x = F.pad(x, (0, (-w) % s, 0, (-h) % s))
+        if not self.overlap:
+            x = pad_to_multiple(x, self.stride)
         x = self.proj(x)
         hw = (x.shape[2], x.shape[3])
         return self.norm(x.flatten(2).transpose(1, 2)), hw
+
+
+def pad_to_multiple(x: Tensor, s: int) -> Tensor:
+    """Zero-pad ``(B, C, H, W)`` on the bottom/right to multiples of ``s`` (a named function so torch.fx can
+    keep its size test as one leaf call)."""
+    h, w = x.shape[-2:]
+    if h % s or w % s:
+        x = F.pad(x, (0, (-w) % s, 0, (-h) % s))
+    return x
 
 
 class Block(nn.Module):
@@ -77,7 +84,10 @@ def tokens_to_map(x: Tensor, hw: Sequence[int]) -> Tensor:
 
 
 def drop_path_rates(depths: Sequence[int], rate: float):
-    dpr = torch.linspace(0, rate, sum(depths)).tolist()
+    """Stochastic depth growing linearly from 0 to ``rate`` over all blocks, split per stage (plain Python, so
+    models build on the meta device)."""
+    n = sum(depths)
+    dpr = [rate * i / (n - 1) if n > 1 else 0. for i in range(n)]
     out, cur = [], 0
     for d in depths:
         out.append(dpr[cur:cur + d])

@@ -42,12 +42,18 @@ class PatchMerging(nn.Module):
     def forward(self, x: Tensor, hw):
         b, _, c = x.shape
         h, w = hw
-        x = x.view(b, h, w, c)
-        if h % 2 or w % 2:
-            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        x = pad_to_even(x.view(b, h, w, c))
         # the official concat order (x0, x1, x2, x3) so checkpoints' reduction weights apply unchanged
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
         return self.reduction(self.norm(x.flatten(1, 2))), (x.shape[1], x.shape[2])
+
+
+def pad_to_even(x: Tensor) -> Tensor:
+    """Zero-pad ``(B, H, W, C)`` to even H and W (a named function: one leaf call for torch.fx)."""
+    h, w = x.shape[1:3]
+    if h % 2 or w % 2:
+        x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+    return x
 
 
 class SwinStage(nn.Module):

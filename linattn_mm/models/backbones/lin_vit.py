@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from linattn_mm.registry import MODELS
 
 from ._base import LinBackboneBase, interpolate_pos, resize_pos_embed, resolve_arch
-from ._blocks import Block, PatchEmbed, tokens_to_map
+from ._blocks import Block, PatchEmbed, drop_path_rates, tokens_to_map
 
 VIT_PRESETS: Dict[str, dict] = {
     'deit_t': dict(embed_dims=192, depth=12, num_heads=3, attn='inline'),
@@ -68,7 +68,7 @@ class LinViT(LinBackboneBase):
         self.pos_embed = nn.Parameter(torch.zeros(1, ref * ref, c))
         trunc_normal_(self.pos_embed, std=.02)
         self.pos_drop = nn.Dropout(drop_rate)
-        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        dpr = drop_path_rates([depth], drop_path_rate)[0]
         self.blocks = nn.ModuleList([Block(c, heads, attn_cfg, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
                                            dpr[j], with_cp=with_cp) for j in range(depth)])
         self.norm = nn.LayerNorm(c, eps=1e-6)
