@@ -42,10 +42,10 @@ from .backbones import lin_swin as _bb_swin
 
 #: why ``torch.jit.script`` cannot compile these models (timm's TorchScript tests are skipped with it)
 SCRIPT_UNSUPPORTED = (
-    'TorchScript cannot compile the shared backbone/attention code: attention layers are built from config '
-    'dicts (Dict[str, Any] kwargs), take `hw_shape` as a Python tuple computed from tensor shapes, use '
-    'postponed (string) annotations and optional fused-kernel dispatch (Triton, torch.utils.checkpoint); '
-    'torch.jit is deprecated in favour of torch.export / torch.compile, which these models support')
+    'TorchScript cannot compile the shared attention / backbone code: the attention layers take hw_shape as '
+    'typing.Sequence[int] (TorchScript knows only List / Tuple), the modules use postponed (string) '
+    'annotations, and the layers are built from config dicts and pick optional Triton kernels and '
+    'torch.utils.checkpoint at run time; use eager mode or torch.compile')
 
 # torch.fx (timm's FeatureGraphNet, torchvision's feature extraction): attention layers are leaves (their
 # shape-dependent control flow runs eagerly), as are the small helpers that branch on sizes.
@@ -151,7 +151,8 @@ class LinClassifier(nn.Module):
                 raise ValueError(f"reset_classifier: global_pool={global_pool!r}; use 'avg', 'max', 'avgmax' or ''")
             self.global_pool = global_pool
         self.num_classes = num_classes
-        self.head.reset(num_classes, pool_type=global_pool)
+        ref = next(self.backbone.parameters())  # the head may have no parameters left (num_classes was 0)
+        self.head.reset(num_classes, pool_type=global_pool, device=ref.device, dtype=ref.dtype)
 
     # ------------------------------------------------------------------------------------------ forward
     def _levels_forward(self, x: Tensor) -> List[Tensor]:

@@ -69,7 +69,7 @@ def masked_mean(x: Tensor, keep: Optional[Tensor], count: Tensor) -> Tensor:
 def zero_empty_rows(out: Tensor, key_padding_mask: Optional[Tensor]) -> Tensor:
     """Zero the outputs of samples whose keys are all padding (their formula is 0/0)."""
     ok = has_valid(key_padding_mask)
-    if ok is None or bool(ok.all()):
+    if ok is None or (not ok.is_meta and bool(ok.all())):  # meta tensors have no values: apply it
         return out
     return out * ok.to(out.dtype)
 

@@ -28,7 +28,7 @@ def combine_masks(q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor],
             finite = attn_mask != float('-inf')
             # -inf entries are masks, not biases: keep them out of the arithmetic (no inf - inf)
             bias = attn_mask.masked_fill(~finite, 0.).to(q.dtype)
-            if not bool(finite.all()):
+            if finite.is_meta or not bool(finite.all()):  # meta tensors have no values: keep the mask
                 allowed = finite
     if key_padding_mask is not None:
         kp = ~key_padding_mask[:, None, None, :]
@@ -36,6 +36,6 @@ def combine_masks(q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor],
     if allowed is None:
         return None, bias, None
     row_ok = allowed.any(-1, keepdim=True)
-    if bool(row_ok.all()):
+    if not row_ok.is_meta and bool(row_ok.all()):
         return allowed, bias, None
     return allowed | ~row_ok, bias, row_ok
