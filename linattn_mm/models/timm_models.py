@@ -12,7 +12,7 @@ from timm.models import register_model
 from timm.models._features import FeatureInfo
 from torch import nn
 
-from .backbones import LinPVT, LinSwin, LinViT
+from .backbones import LinCSwin, LinPVT, LinSwin, LinViT
 
 _TIMM_KWARGS = ('pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir')
 
@@ -70,6 +70,7 @@ for _size in ('t', 's', 'b'):
         _MODELS[f'linswin_{_size}_{_attn}'] = _make(
             LinSwin, arch=_size, attn_cfg=[dict(type=_attn)] * 3 + [dict(type='window')])
     _MODELS[f'lindeit_{_size}_inline'] = _make(LinViT, arch=f'deit_{_size}')
+    _MODELS[f'lincswin_{_size}_inline'] = _make(LinCSwin, arch=_size, attn_type='IISS')
 for _size in ('t', 's'):
     _MODELS[f'lintaylor_vit_{_size}'] = _make(LinViT, arch=f'taylor_{_size}')
 
