@@ -60,6 +60,8 @@ def test_cswin_stripes_odd_size(kw):
     sum(o.square().mean() for o in outs).backward()
     for name, p in m.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        assert all(torch.isfinite(o.float()).all() for o in m.eval()(torch.randn(1, 3, 64, 96)))
 
 
 @pytest.mark.parametrize('cls', [LinPVT, LinSwin, LinViT, LinCSwin], ids=lambda c: c.__name__)
