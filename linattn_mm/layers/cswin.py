@@ -93,7 +93,8 @@ class CSWinAttention(BaseAttention):
         h, w = hw
         if self.split_size is None:
             return h, w
-        return (h, self.split_size) if group == 0 else (self.split_size, w)
+        # a stripe wider than the map is the whole map (same result as padding it, without the padding)
+        return (h, min(self.split_size, w)) if group == 0 else (min(self.split_size, h), w)
 
     def forward(self, x: Tensor, hw_shape: Sequence[int], key_padding_mask: Optional[Tensor] = None,
                 kernel_source: Optional[Tensor] = None) -> Tensor:
