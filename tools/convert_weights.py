@@ -24,6 +24,7 @@ import torch  # noqa: E402
 MODELS = {
     'inline_pvt': ('LinPVT', dict(attn_cfg=dict(type='inline'))),
     'inline_swin': ('LinSwin', dict()),
+    'inline_cswin': ('LinCSwin', dict()),
     'inline_deit': ('LinViT', dict(attn_cfg=dict(type='inline'))),
     'taylorshift_vit': ('LinViT', dict(attn_cfg=dict(type='taylorshift'))),
 }

@@ -11,6 +11,7 @@ name             class                        method options (defaults)
 ===============  ===========================  ====================================================================
 ``softmax``      SoftmaxAttention             scale=None
 ``window``       WindowAttention              window_size=7, shift_size=0, scale=None
+``cswin``        CSWinAttention               split_size=7 (None: whole map), inner='softmax' ('inline'), scale=None
 ``sra``          SRAttention                  sr_ratio=1, linear=False, pool_size=7, scale=None (qkv_layout='q_kv')
 ``inline``       InLineAttention              kernel='identity', local_kernel_size=3
 ``taylorshift``  TaylorShiftAttention         mode='auto', n0=None, output_normalized=False
@@ -31,6 +32,7 @@ name             class                        method options (defaults)
 """
 from .base import BaseAttention
 from .bigbird import BigBirdAttention
+from .cswin import CSWinAttention
 from .builder import ATTENTIONS, build_attention
 from .focused import FocusedLinearAttention
 from .inline import InLineAttention
@@ -48,7 +50,7 @@ from .taylor import TaylorShiftAttention
 from .window import WindowAttention
 
 __all__ = [
-    'ATTENTIONS', 'build_attention', 'BaseAttention', 'SoftmaxAttention', 'WindowAttention', 'SRAttention',
+    'ATTENTIONS', 'build_attention', 'BaseAttention', 'SoftmaxAttention', 'WindowAttention', 'CSWinAttention', 'SRAttention',
     'InLineAttention', 'TaylorShiftAttention', 'LinformerAttention', 'LinformerProjection', 'PerformerAttention',
     'NystromAttention', 'LinearAttention', 'FocusedLinearAttention', 'ReLULinearAttention', 'LongformerAttention',
     'BigBirdAttention', 'LongShortAttention', 'RFAAttention',

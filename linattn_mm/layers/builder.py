@@ -13,6 +13,7 @@ import torch.nn as nn
 
 from .base import BaseAttention
 from .bigbird import BigBirdAttention
+from .cswin import CSWinAttention
 from .focused import FocusedLinearAttention
 from .inline import InLineAttention
 from .linear import LinearAttention
@@ -31,6 +32,7 @@ from .window import WindowAttention
 ATTENTIONS: Dict[str, Type[BaseAttention]] = {
     'softmax': SoftmaxAttention,
     'window': WindowAttention,
+    'cswin': CSWinAttention,
     'sra': SRAttention,
     'inline': InLineAttention,
     'taylorshift': TaylorShiftAttention,

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from linattn_mm.layers import ATTENTIONS
 
-from .backbones import LinPVT, LinSwin, LinViT
+from .backbones import LinCSwin, LinPVT, LinSwin, LinViT
 from .backbones import _base as _bb_base
 from .backbones import _blocks as _bb_blocks
 from .backbones import lin_swin as _bb_swin
@@ -306,6 +306,12 @@ def _swin_groups(coarse: bool) -> Dict[str, Any]:
         (r'^backbone\.norm(\d+)', (99999,))])
 
 
+def _cswin_groups(coarse: bool) -> Dict[str, Any]:
+    return dict(stem=r'^backbone\.stage1_conv_embed', blocks=r'^backbone\.(?:stage|merge)(\d+)' if coarse else [
+        (r'^backbone\.merge(\d+)', (0,)), (r'^backbone\.stage(\d+)\.(\d+)', None),
+        (r'^backbone\.norm(\d+)', (99999,))])
+
+
 def _vit_groups(coarse: bool) -> Dict[str, Any]:
     return dict(stem=r'^backbone\.(?:patch_embed|pos_embed)', blocks=[
         (r'^backbone\.blocks\.(\d+)', None), (r'^backbone\.(?:norm|fpn\d)', (99999,))])
@@ -371,5 +377,7 @@ add_family('linswin_{size}_{attn}', LinSwin, 'tsb', {
     groups=_swin_groups)
 add_family('lindeit_{size}_inline', LinViT, 'tsb', arch='deit_{size}', groups=_vit_groups)
 add_family('lintaylor_vit_{size}', LinViT, 'ts', arch='taylor_{size}', groups=_vit_groups)
+add_family('lincswin_{size}_inline', LinCSwin, 'tsb', {'inline': dict(attn_type='IISS')}, groups=_cswin_groups,
+           first_conv='backbone.stage1_conv_embed.0')
 
 __all__ = ['LinClassifier', 'SCRIPT_UNSUPPORTED', 'VARIANTS', 'add_family', 'checkpoint_filter_fn'] + list(VARIANTS)

@@ -11,6 +11,7 @@ SIZES = [(7, 11), (9, 13)]
 OPTIONS = {
     'softmax': {},
     'window': dict(window_size=4, shift_size=2),
+    'cswin': dict(split_size=3),
     'sra': dict(sr_ratio=2),
     'inline': {},
     'taylorshift': {},
@@ -27,6 +28,9 @@ OPTIONS = {
 }
 EXTRA = [  # further option sets worth their own forward/backward
     ('window', dict(window_size=8)),                  # window larger than the grid
+    ('cswin', dict(split_size=None)),
+    ('cswin', dict(split_size=None, inner='inline')),
+    ('cswin', dict(split_size=2, qkv_layout='q_kv')),
     ('sra', dict(linear=True, pool_size=3)),
     ('sra', dict(sr_ratio=4, qkv_layout='qkv')),
     ('inline', dict(qkv_layout='q_kv')),

@@ -2,6 +2,7 @@
 mixed precision, registries, timm names, pretrained loading and official-checkpoint conversion."""
 import math
 import os
+import re
 import subprocess
 import sys
 
@@ -9,18 +10,20 @@ import pytest
 import torch
 
 from linattn_mm.layers import ATTENTIONS
-from linattn_mm.models.backbones import LinPVT, LinSwin, LinViT
+from linattn_mm.models.backbones import LinCSwin, LinPVT, LinSwin, LinViT
 
 TINY = {
     LinPVT: dict(arch=dict(embed_dims=[16, 32, 32, 48], num_heads=[1, 2, 2, 2], mlp_ratios=[2, 2, 2, 2],
                            depths=[1, 1, 1, 1]), drop_path_rate=0.),
     LinSwin: dict(arch=dict(embed_dims=16, depths=[2, 1, 1, 1], num_heads=[1, 2, 2, 4]), drop_path_rate=0.),
     LinViT: dict(arch=dict(embed_dims=32, depth=2, num_heads=2), drop_path_rate=0.),
+    LinCSwin: dict(arch=dict(embed_dims=16, depths=[1, 1, 2, 1], num_heads=[2, 2, 2, 4]), drop_path_rate=0.),
 }
 # options that keep the random-feature / landmark methods meaningful at tiny sizes
 ATTN_OPTS = {'performer': dict(num_features=16), 'nystrom': dict(num_landmarks=8),
              'linformer': dict(proj_len=8), 'longformer': dict(window_size=5), 'bigbird': dict(num_random_blocks=1),
-             'longshort': dict(num_landmarks=4), 'rfa': dict(num_features=16)}
+             'longshort': dict(num_landmarks=4), 'rfa': dict(num_features=16),
+             'cswin': dict(split_size=None)}  # the tiny PVT/Swin stage 1 has one head: no two stripe groups
 
 
 def tiny(cls, attn=None, **kw):
@@ -32,7 +35,7 @@ def tiny(cls, attn=None, **kw):
 
 
 @pytest.mark.parametrize('attn', sorted(ATTENTIONS))
-@pytest.mark.parametrize('cls', [LinPVT, LinSwin, LinViT], ids=lambda c: c.__name__)
+@pytest.mark.parametrize('cls', [LinPVT, LinSwin, LinViT, LinCSwin], ids=lambda c: c.__name__)
 def test_forward_backward_odd_size(cls, attn):
     m = tiny(cls, attn).train()
     h, w = 97, 131
@@ -48,7 +51,20 @@ def test_forward_backward_odd_size(cls, attn):
             assert torch.isfinite(p.grad).all(), name
 
 
-@pytest.mark.parametrize('cls', [LinPVT, LinSwin, LinViT], ids=lambda c: c.__name__)
+@pytest.mark.parametrize('kw', [dict(), dict(attn_type='SSSS'), dict(attn_cfg='cswin', split_size=(2, 3, 4, 5))],
+                         ids=['IISS', 'SSSS', 'stripes2345'])
+def test_cswin_stripes_odd_size(kw):
+    m = tiny(LinCSwin, **kw).train()
+    outs = m(torch.randn(2, 3, 97, 131))
+    assert [o.shape[-2:] for o in outs] == [(25, 33), (13, 17), (7, 9), (4, 5)]
+    sum(o.square().mean() for o in outs).backward()
+    for name, p in m.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
+        assert all(torch.isfinite(o.float()).all() for o in m.eval()(torch.randn(1, 3, 64, 96)))
+
+
+@pytest.mark.parametrize('cls', [LinPVT, LinSwin, LinViT, LinCSwin], ids=lambda c: c.__name__)
 def test_feature_info_and_out_indices(cls):
     m = tiny(cls, out_indices=(1, 3))
     assert [f['reduction'] for f in m.feature_info] == m.out_strides == [8, 32]
@@ -58,7 +74,7 @@ def test_feature_info_and_out_indices(cls):
         tiny(cls, out_indices=(4,))
 
 
-@pytest.mark.parametrize('cls', [LinPVT, LinSwin, LinViT], ids=lambda c: c.__name__)
+@pytest.mark.parametrize('cls', [LinPVT, LinSwin, LinViT, LinCSwin], ids=lambda c: c.__name__)
 def test_frozen_stages_are_frozen(cls):
     m = tiny(cls, frozen_stages=1).train()
     frozen = [mod for i in range(2) for mod in m._stage_modules(i)]
@@ -78,7 +94,7 @@ def test_frozen_stages_are_frozen(cls):
             assert p.grad is None
 
 
-@pytest.mark.parametrize('cls', [LinPVT, LinSwin, LinViT], ids=lambda c: c.__name__)
+@pytest.mark.parametrize('cls', [LinPVT, LinSwin, LinViT, LinCSwin], ids=lambda c: c.__name__)
 def test_with_cp_gives_same_output_and_grads(cls):
     x = torch.randn(1, 3, 50, 70)
     outs, grads = [], []
@@ -95,7 +111,7 @@ def test_with_cp_gives_same_output_and_grads(cls):
 
 
 @pytest.mark.parametrize('attn', ['inline', 'taylorshift', 'linformer', 'softmax'])
-@pytest.mark.parametrize('cls', [LinPVT, LinSwin, LinViT], ids=lambda c: c.__name__)
+@pytest.mark.parametrize('cls', [LinPVT, LinSwin, LinViT, LinCSwin], ids=lambda c: c.__name__)
 def test_bf16_autocast_finite(cls, attn):
     m = tiny(cls, attn).eval()
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
@@ -114,7 +130,7 @@ def test_builds_through_mmdet_and_mmseg_registries():
         pytest.importorskip(scope)
         init_default_scope(scope)
         reg = __import__(f'{scope}.registry', fromlist=['MODELS']).MODELS
-        for name in ('LinPVT', 'LinSwin', 'LinViT'):
+        for name in ('LinPVT', 'LinSwin', 'LinViT', 'LinCSwin'):
             m = reg.build(dict(type=f'linattn_mm.{name}', **TINY[globals()[name]]))
             assert type(m).__name__ == name
     assert MODELS.build(dict(type='linattn_mm.LinPVT', **TINY[LinPVT])).out_channels == [16, 32, 32, 48]
@@ -126,6 +142,8 @@ def test_preset_sizes_match_the_papers():
     assert 11.0 < n(LinPVT('t')) < 12.0
     assert 27.5 < n(LinSwin('t')) < 29.5
     assert 6.0 < n(LinViT('deit_t')) < 7.5  # DeiT-T 5.7M + InLine's local-term generators + pyramid
+    # the official inline_cswin_tiny instantiates with 20.60M parameters, 0.51M of them in its head
+    assert round(n(LinCSwin('t', out_indices=(3,))), 2) == 20.09
     with pytest.raises(ValueError, match='unknown arch'):
         LinPVT('xl')
     with pytest.raises(ValueError, match='attn_type'):
@@ -141,6 +159,9 @@ def test_timm_names():
     assert [o.shape[1] for o in outs] == m.feature_info.channels()
     clf = timm.create_model('linswin_t_inline', num_classes=7, arch=TINY[LinSwin]['arch'])
     assert clf(torch.randn(2, 3, 64, 64)).shape == (2, 7)
+    feats = timm.create_model('lincswin_t_inline', features_only=True, arch=TINY[LinCSwin]['arch'])
+    assert [o.shape[1:] for o in feats(torch.randn(1, 3, 50, 70))] == [(16, 13, 18), (32, 7, 9), (64, 4, 5),
+                                                                       (128, 2, 3)]
 
 
 def _official_like(m, model):
@@ -156,6 +177,12 @@ def _official_like(m, model):
             del sd[k]
         sd['layers.0.blocks.0.attn.relative_position_index'] = torch.zeros(49, 49, dtype=torch.long)
         sd['head.weight'] = torch.randn(1000, 128)
+    elif model == 'inline_cswin':
+        sd = {re.sub(r'\.attn\.(qkv|proj|attns)\.', r'.\1.', k): v for k, v in sd.items()
+              if not k.startswith(('norm0', 'norm1', 'norm2'))}
+        sd['norm.weight'] = sd.pop('norm3.weight')
+        sd['norm.bias'] = sd.pop('norm3.bias')
+        sd['head.weight'] = torch.randn(1000, 128)
     else:  # timm ViT layout: class token and its position entry
         sd['cls_token'] = torch.randn(1, 1, 32)
         sd['pos_embed'] = torch.cat([torch.randn(1, 1, 32), sd['pos_embed']], 1)
@@ -164,7 +191,7 @@ def _official_like(m, model):
 
 
 @pytest.mark.parametrize('model,cls', [('inline_pvt', LinPVT), ('inline_swin', LinSwin),
-                                       ('inline_deit', LinViT)])
+                                       ('inline_deit', LinViT), ('inline_cswin', LinCSwin)])
 def test_convert_official_and_load_pretrained(tmp_path, model, cls):
     src_model = tiny(cls)
     torch.nn.init.normal_(next(iter(src_model.parameters())))

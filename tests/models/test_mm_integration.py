@@ -12,7 +12,7 @@ from mmengine.model import revert_sync_batchnorm  # noqa: E402
 from mmengine.registry import init_default_scope  # noqa: E402
 
 import linattn_mm  # noqa: E402,F401
-from linattn_mm.models.backbones import LinPVT, LinSwin, LinViT  # noqa: E402
+from linattn_mm.models.backbones import LinCSwin, LinPVT, LinSwin, LinViT  # noqa: E402
 
 # small variants of each family so a Mask R-CNN / UPerNet step stays ~1 s on a CPU
 SMALL = {
@@ -20,9 +20,10 @@ SMALL = {
                              depths=[1, 1, 1, 1])),
     'LinSwin': dict(arch=dict(embed_dims=32, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4])),
     'LinViT': dict(arch=dict(embed_dims=64, depth=2, num_heads=2)),
+    'LinCSwin': dict(arch=dict(embed_dims=32, depths=[1, 1, 1, 1], num_heads=[2, 2, 4, 4])),
 }
 SEEDS = ['inline', 'taylorshift', 'linformer']
-CLASSES = {'LinPVT': LinPVT, 'LinSwin': LinSwin, 'LinViT': LinViT}
+CLASSES = {'LinPVT': LinPVT, 'LinSwin': LinSwin, 'LinViT': LinViT, 'LinCSwin': LinCSwin}
 
 
 def stock(tmp_path, base):

@@ -12,6 +12,7 @@ TINY = {
                                       depths=[1, 1, 1, 1])),
     'linswin_t_inline': dict(arch=dict(embed_dims=16, depths=[2, 1, 1, 1], num_heads=[1, 2, 2, 4])),
     'lindeit_t_inline': dict(arch=dict(embed_dims=32, depth=2, num_heads=2)),
+    'lincswin_t_inline': dict(arch=dict(embed_dims=16, depths=[1, 1, 2, 1], num_heads=[2, 2, 2, 4])),
 }
 NAMES = list(TINY)
 

@@ -25,7 +25,7 @@ timm = pytest.importorskip('timm')
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_MODELS = ('linpvt_t_inline,linpvt_t_taylorshift,linpvt_t_linformer,linpvt_t_softmax,linswin_t_inline,'
-                  'linswin_t_taylorshift,linswin_t_linformer,lindeit_t_inline,lintaylor_vit_t')
+                  'linswin_t_taylorshift,linswin_t_linformer,lindeit_t_inline,lintaylor_vit_t,lincswin_t_inline')
 # the timm tests that take a `model_name` from timm's registry, so select ours (test name -> count per model)
 EXPECTED_TESTS = ('test_model_forward', 'test_model_backward', 'test_model_default_cfgs',
                   'test_model_forward_torchscript', 'test_model_forward_features', 'test_model_forward_fx',

@@ -18,7 +18,7 @@ from torch import nn
 
 
 class LinBackboneBase(BaseModule):
-    """Base of LinPVT / LinSwin / LinViT. Subclasses fill ``self.stage_channels`` / ``self.stage_strides``
+    """Base of LinPVT / LinSwin / LinViT / LinCSwin. Subclasses fill ``self.stage_channels`` / ``self.stage_strides``
     (all stages) and implement ``_stage_modules(i)`` (the modules that stage ``i`` owns, for freezing) and
     ``convert_official(state_dict)`` (official checkpoint keys -> ours)."""
 
