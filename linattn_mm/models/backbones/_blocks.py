@@ -77,7 +77,8 @@ def tokens_to_map(x: Tensor, hw: Sequence[int]) -> Tensor:
 
 
 def drop_path_rates(depths: Sequence[int], rate: float):
-    dpr = torch.linspace(0, rate, sum(depths)).tolist()
+    n = sum(depths)  # linearly growing rates (python floats, so that models also build on the meta device)
+    dpr = [rate * i / (n - 1) if n > 1 else 0. for i in range(n)]
     out, cur = [], 0
     for d in depths:
         out.append(dpr[cur:cur + d])
