@@ -201,7 +201,7 @@ def prepare_pretrained(backbone: nn.Module, checkpoint: str, use_ema: bool = Fal
 
     Returns:
         ``(state, report)``: the tensors to load (our names and shapes) and a report dict with ``where``
-        (the entry used), ``ema`` (bool), ``notes`` (e.g. a skipped yacs config), ``new`` (backbone tensors
+        (the entry used), ``notes`` (e.g. a skipped yacs config), ``new`` (backbone tensors
         left at initialisation on purpose), ``unused`` (converted names the backbone does not have) and
         ``dropped`` (checkpoint names the conversion removed: classifier, class token, ...).
 
@@ -217,28 +217,47 @@ def prepare_pretrained(backbone: nn.Module, checkpoint: str, use_ema: bool = Fal
         raw, where = find_state_dict(ckpt, use_ema=use_ema, prefix=prefix)
     except PretrainedMismatchError as err:
         raise PretrainedMismatchError(f'{name}: {checkpoint}: {err}') from None
+    try:
+        return match_state(backbone, raw, source=source, where=where, notes=notes)
+    except PretrainedMismatchError as err:
+        raise PretrainedMismatchError(f'{name}: {checkpoint} {err}') from None
+
+
+def match_state(backbone: nn.Module, raw: Dict[str, Tensor], source: str = 'official', where: str = 'top level',
+                notes: Optional[List[str]] = None) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
+    """Convert a found state dict and check it fills ``backbone``; the part of :func:`prepare_pretrained`
+    after reading the file (also usable on meta tensors: only names and shapes are looked at).
+
+    Raises:
+        PretrainedMismatchError: tensors missing or of the wrong shape.
+    """
     state = SOURCES[source](backbone, dict(raw))
     state = backbone._resize_position_tables(state)
     own = backbone.state_dict()
     new = set(backbone.pretrained_new_keys())
     missing = [k for k in own if k not in state and k not in new]
+    unused = [k for k in state if k not in own]
     mismatched = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
     if missing or mismatched:
         filled = sum(1 for k in own if k in state and k not in mismatched)
-        parts = [f'{name}: {checkpoint} ({where}) fills {filled} of {len(own)} backbone tensors']
+        parts = [f'({where}) fills {filled} of {len(own)} backbone tensors']
         if missing:
             parts.append(f'missing {len(missing)}: {missing[:8]}' + (' ...' if len(missing) > 8 else ''))
         if mismatched:
             parts.append('shape mismatch: ' + ', '.join(f'{k} {tuple(state[k].shape)} vs ours {tuple(own[k].shape)}'
                                                         for k in mismatched[:4]) + (' ...' if len(mismatched) > 4
                                                                                     else ''))
+        if unused:
+            parts.append(f'not used {len(unused)}: {unused[:4]}' + (' ...' if len(unused) > 4 else ''))
         parts.append(f'the checkpoint looks like {guess_arch(raw)}')
         parts.append(f'this backbone is {guess_arch(own)}')
         raise PretrainedMismatchError('; '.join(parts))
     out = {k: v for k, v in state.items() if k in own}
-    report = dict(where=where, ema=use_ema, notes=notes, loaded=len(out),
+    # what the conversion removed: neither kept under its name nor passed on (renamed, or as a view)
+    kept = {id(v) for v in state.values()} | {id(v._base) for v in state.values() if v._base is not None}
+    report = dict(where=where, notes=list(notes or []), loaded=len(out),
                   new=sorted(k for k in own if k not in state), unused=sorted(k for k in state if k not in own),
-                  dropped=sorted(k for k in raw if k not in state))
+                  dropped=sorted(k for k, v in raw.items() if k not in state and id(v) not in kept))
     return out, report
 
 
