@@ -29,6 +29,7 @@ MODELS = {
     'inline_swin': ('LinSwin', dict()),
     'inline_deit': ('LinViT', dict(attn_cfg=dict(type='inline'))),
     'taylorshift_vit': ('LinViT', dict(attn_cfg=dict(type='taylorshift'))),
+    'inline_cswin': ('LinCSwin', dict()),
 }
 
 
@@ -37,6 +38,9 @@ def build_backbone(model: str, arch: str, attn_type=None, window_size=None):
     if model not in MODELS:
         raise SystemExit(f'error: unknown --model {model!r}; choose from {", ".join(MODELS)}')
     cls_name, kw = MODELS[model]
+    if not hasattr(backbones, cls_name):
+        raise SystemExit(f'error: --model {model} needs linattn_mm.models.backbones.{cls_name}, which this '
+                         f'version does not have')
     kw = dict(kw)
     if cls_name == 'LinSwin':
         if attn_type is not None:
