@@ -492,6 +492,15 @@ def test_wrong_swin_variant_names_the_right_one(tmp_path):
     assert 'not used' in str(err.value) and 'layers.2.blocks.2.attn.relative_position_bias_table' in str(err.value)
 
 
+def test_nothing_filled_is_an_error_not_a_silent_zero():
+    official = official_swin_sd(16, [1, 1, 4, 1], [1, 2, 2, 4], 'IIMS2', 4, img=128, device='meta')
+    with torch.device('meta'):
+        vit = LinViT(VIT_TINY['taylorshift'])
+    with pytest.raises(PretrainedMismatchError, match=r'fills 0 of \d+ backbone tensors.*missing.*'
+                                                      r'--model inline_swin --arch <dict> --attn-type IIMS2'):
+        match_state(vit, official)
+
+
 def test_layout_helpers():
     sd = {'a.weight': torch.zeros(1)}
     assert find_state_dict({'model': {'state_dict': sd}})[0] == sd
