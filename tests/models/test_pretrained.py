@@ -27,9 +27,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 # --------------------------------------------------------------------- official key / shape tables
 def _t(shape, device, gen):
+    """Random float64 values that float32 holds exactly (the backbone loads them in float32 before ``.double()``,
+    so the comparison stays at float64 precision)."""
     if device == 'meta':
         return torch.empty(shape, device='meta')
-    return torch.randn(shape, generator=gen, dtype=torch.float64) * 0.2
+    return (torch.randn(shape, generator=gen, dtype=torch.float64) * 0.2).float().double()
+
+
+def _f32_exact(sd):
+    return {k: v.float().double() if v.is_floating_point() and v.device.type != 'meta' else v for k, v in sd.items()}
 
 
 def _norm(sd, name, c, device, gen):
@@ -79,7 +85,7 @@ def official_vit_sd(kind, c, depth, heads, img, patch=16, num_classes=10, device
         _mlp_block(sd, p, c, device, gen)
     _norm(sd, 'norm', c, device, gen)
     _linear(sd, 'head', num_classes, c, device, gen)
-    return sd
+    return _f32_exact(sd)
 
 
 def swin_block_kinds(attn_type, depths):
@@ -118,7 +124,7 @@ def official_swin_sd(c0, depths, heads, attn_type, window, img, num_classes=10, 
             res //= 2
     _norm(sd, 'norm', c0 * 2 ** (len(depths) - 1), device, gen)
     _linear(sd, 'head', num_classes, c0 * 2 ** (len(depths) - 1), device, gen)
-    return sd
+    return _f32_exact(sd)
 
 
 # ------------------------------------------------------------------- official formulas (float64)
