@@ -20,7 +20,8 @@ class TaylorShiftAttention(BaseAttention):
     """TaylorShift attention. Keys match tobna/TaylorShift: ``qkv``, ``proj``, ``temperature``.
 
     ``temperature`` is stored as ``(H,)``; official checkpoints hold it as ``(1, H, 1, 1)``: any shape with H
-    elements is reshaped on load (``LinViT.convert_official`` does the same for the conversion tool). ``mode``, ``n0`` and ``output_normalized`` are plain attributes and may be changed on a built model
+    elements is reshaped on load (``LinViT.convert_official`` does the same for the conversion tool). ``mode``,
+    ``n0`` and ``output_normalized`` are plain attributes and may be changed on a built model
     (e.g. ``for m in model.modules(): m.n0 = 512`` after measuring the crossover on a device).
 
     Args:

@@ -426,7 +426,8 @@ def test_every_layout_loads(tmp_path, layout):
 
 @pytest.mark.parametrize('ema_key', ['model_ema', 'state_dict_ema'])
 def test_ema_only_when_asked(tmp_path, ema_key):
-    raw, ema = official_vit_sd('taylorshift', 32, 2, 2, 64, seed=1), official_vit_sd('taylorshift', 32, 2, 2, 64, seed=2)
+    raw = official_vit_sd('taylorshift', 32, 2, 2, 64, seed=1)
+    ema = official_vit_sd('taylorshift', 32, 2, 2, 64, seed=2)
     src = tmp_path / 'ckpt.pth'
     torch.save({'model': raw, ema_key: ema, 'optimizer': {}, 'epoch': 3}, src)
     w = 'blocks.0.attn.proj.weight'

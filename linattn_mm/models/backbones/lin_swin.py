@@ -126,7 +126,8 @@ class LinSwin(LinBackboneBase):
     """
 
     def __init__(self, arch: Union[str, dict] = 't', attn_type: Optional[str] = None, attn_cfg=None,
-                 in_channels: int = 3, window_size: Union[int, Sequence[int], None] = None, mlp_ratio: float = 4., qkv_bias: bool = True,
+                 in_channels: int = 3, window_size: Union[int, Sequence[int], None] = None,
+                 mlp_ratio: float = 4., qkv_bias: bool = True,
                  out_indices: Sequence[int] = (0, 1, 2, 3), drop_rate: float = 0., attn_drop_rate: float = 0.,
                  drop_path_rate: float = 0.1, frozen_stages: int = -1, norm_eval: bool = False,
                  with_cp: bool = False, init_cfg: Optional[dict] = None,

@@ -69,7 +69,8 @@ class LinViT(LinBackboneBase):
     """
 
     def __init__(self, arch: Union[str, dict] = 'deit_t', attn_cfg=None, in_channels: int = 3,
-                 patch_size: int = 16, pretrain_img_size: Optional[int] = None, mlp_ratio: float = 4., qkv_bias: bool = True,
+                 patch_size: int = 16, pretrain_img_size: Optional[int] = None, mlp_ratio: float = 4.,
+                 qkv_bias: bool = True,
                  out_indices: Sequence[int] = (0, 1, 2, 3), drop_rate: float = 0., attn_drop_rate: float = 0.,
                  drop_path_rate: float = 0.1, frozen_stages: int = -1, norm_eval: bool = False,
                  with_cp: bool = False, init_cfg: Optional[dict] = None,
