@@ -13,7 +13,7 @@ github tobna/TaylorShift ``training/architectures/taylor_shift_vit.py``):
 =========== ===== ===== ===== ============ ==========================================================
 preset      C     depth heads pretrain px  attention
 =========== ===== ===== ===== ============ ==========================================================
-deit_t      192   12    6     224          InLine (head dim 32)
+deit_t      192   12    6     224          InLine (head dim 32, as in all three)
 deit_s      320   12    10    288          InLine
 deit_b      384   12    12    448          InLine
 taylor_t    192   12    3     224          TaylorShift, output normalisation on (all official ViTs)
