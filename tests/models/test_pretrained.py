@@ -508,6 +508,18 @@ def test_nothing_filled_is_an_error_not_a_silent_zero():
         match_state(vit, official)
 
 
+@pytest.mark.parametrize('shape', [(2,), (1, 2, 1, 1)])
+def test_taylor_temperature_in_either_shape(shape):
+    official = official_vit_sd('taylorshift', 32, 2, 2, 64)
+    official = {k: v.reshape(shape) if k.endswith('temperature') else v for k, v in official.items()}
+    m = _tiny_vit()
+    state, _ = match_state(m, official)
+    m.load_state_dict(state, strict=False)
+    torch.testing.assert_close(m.blocks[0].attn.temperature.double(), official['blocks.0.attn.temperature'].reshape(-1))
+    m.blocks[0].attn.load_state_dict({k[len('blocks.0.attn.'):]: v.float() for k, v in official.items()
+                                      if k.startswith('blocks.0.attn.')})  # the layer alone, strict
+
+
 def test_layout_helpers():
     sd = {'a.weight': torch.zeros(1)}
     assert find_state_dict({'model': {'state_dict': sd}})[0] == sd
