@@ -1,15 +1,17 @@
 """Convert an official classification checkpoint into a linattn_mm backbone checkpoint.
 
-    python tools/convert_weights.py SRC DST --model inline_pvt  --arch t
-    python tools/convert_weights.py SRC DST --model inline_swin --arch t --attn-type IIIS
-    python tools/convert_weights.py SRC DST --model inline_deit --arch deit_t
+    python tools/convert_weights.py SRC DST --model inline_pvt  --arch t          # InLine-PVT T/S/M/L: t s m l
+    python tools/convert_weights.py SRC DST --model inline_swin --arch b          # InLine-Swin t s b b_384
+    python tools/convert_weights.py SRC DST --model inline_deit --arch deit_s     # InLine-DeiT deit_t/s/b
     python tools/convert_weights.py SRC DST --model taylorshift_vit --arch taylor_t
 
-Sources: InLine (github LeapLabTHU/InLine: inline_pvt / inline_swin / inline_deit) and TaylorShift
-(github tobna/TaylorShift) ImageNet checkpoints. The mapping lives next to each backbone
-(``convert_official``); this tool loads SRC safely, converts, checks that every backbone tensor is filled
-(reporting what was dropped or left missing), and writes ``{'state_dict': ..., 'meta': ...}`` to DST for
-``init_cfg=dict(type='Pretrained', checkpoint=DST)``.
+Sources: InLine (github LeapLabTHU/InLine) and TaylorShift (github tobna/TaylorShift) checkpoints, in any
+layout their training code writes (``model`` / ``model_state`` / ``state_dict``, DDP ``module.`` prefixes, a
+yacs config entry, which is skipped and not executed); ``--ema`` takes the EMA weights. The loading path is
+the one ``init_cfg=dict(type='Pretrained', ...)`` uses (``linattn_mm.models.backbones._pretrained``): the
+conversion must fill every backbone tensor (the dense-prediction additions excepted, listed as "new"), or the
+tool exits non-zero with the missing tensors and the ``--arch`` the checkpoint looks like. DST holds
+``{'state_dict': ..., 'meta': ...}`` for ``init_cfg=dict(type='Pretrained', checkpoint=DST)``.
 """
 import argparse
 import os.path as osp
@@ -21,60 +23,83 @@ if _ROOT not in sys.path:
 
 import torch  # noqa: E402
 
+# --model -> (backbone class, constructor defaults)
 MODELS = {
     'inline_pvt': ('LinPVT', dict(attn_cfg=dict(type='inline'))),
     'inline_swin': ('LinSwin', dict()),
     'inline_cswin': ('LinCSwin', dict()),
     'inline_deit': ('LinViT', dict(attn_cfg=dict(type='inline'))),
     'taylorshift_vit': ('LinViT', dict(attn_cfg=dict(type='taylorshift'))),
+    'inline_cswin': ('LinCSwin', dict()),
 }
 
 
-def convert(src: str, model: str, arch: str, attn_type: str = 'IIIS'):
-    """Return (our state dict, the backbone it was checked against, report dict)."""
+def build_backbone(model: str, arch: str, attn_type=None, window_size=None):
     from linattn_mm.models import backbones
-    from linattn_mm.utils import safe_torch_load
     if model not in MODELS:
         raise SystemExit(f'error: unknown --model {model!r}; choose from {", ".join(MODELS)}')
     cls_name, kw = MODELS[model]
+    if not hasattr(backbones, cls_name):
+        raise SystemExit(f'error: --model {model} needs linattn_mm.models.backbones.{cls_name}, which this '
+                         f'version does not have')
+    kw = dict(kw)
     if cls_name == 'LinSwin':
-        kw = dict(kw, attn_type=attn_type)
-    backbone = getattr(backbones, cls_name)(arch=arch, **kw)
-    ckpt = safe_torch_load(src, map_location='cpu')
-    state = ckpt
-    for key in ('state_dict', 'model', 'module'):
-        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-            state = state[key]
-    converted = backbone.convert_official(dict(state))
-    converted = backbone._resize_position_tables(converted)
-    own = backbone.state_dict()
-    missing = sorted(k for k in own if k not in converted)
-    unexpected = sorted(k for k in converted if k not in own)
-    mismatched = sorted(k for k in converted if k in own and converted[k].shape != own[k].shape)
-    if mismatched:
-        raise SystemExit(f'error: shape mismatch for {mismatched[:5]}: is --arch {arch!r} the right size?')
-    dropped = sorted(k for k in state if k not in converted)
-    out = {k: v for k, v in converted.items() if k in own}
-    return out, backbone, dict(missing=missing, unexpected=unexpected, dropped=dropped)
+        if attn_type is not None:
+            kw['attn_type'] = attn_type
+        if window_size is not None:
+            kw['window_size'] = window_size
+    elif attn_type is not None or window_size is not None:
+        raise SystemExit(f'error: --attn-type / --window-size apply to --model inline_swin only, not {model}')
+    return getattr(backbones, cls_name)(arch=arch, **kw)
+
+
+def convert(src: str, model: str, arch: str, attn_type=None, window_size=None, use_ema: bool = False):
+    """Return (our state dict, the backbone it was checked against, report dict).
+
+    Raises:
+        PretrainedMismatchError: the checkpoint does not fill the backbone (the message names the missing
+            tensors and the likely ``--arch``).
+    """
+    from linattn_mm.models.backbones._pretrained import prepare_pretrained
+    backbone = build_backbone(model, arch, attn_type, window_size)
+    state, rep = prepare_pretrained(backbone, src, use_ema=use_ema, prefix='backbone.')
+    rep = dict(rep, missing=rep['new'], unexpected=rep['unused'])  # names of the first version of this tool
+    return state, backbone, rep
 
 
 def main(argv=None):
+    from linattn_mm.models.backbones._pretrained import PretrainedMismatchError
+    from linattn_mm.utils import UnsafeCheckpointError
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('src')
     p.add_argument('dst')
     p.add_argument('--model', required=True, choices=list(MODELS))
-    p.add_argument('--arch', required=True, help="preset of the backbone, e.g. t / s / deit_t / taylor_t")
-    p.add_argument('--attn-type', default='IIIS', help='LinSwin stage letters of the checkpoint')
+    p.add_argument('--arch', required=True,
+                   help='preset of the backbone: t s m l (PVT), t s b b_384 (Swin), deit_t deit_s deit_b, '
+                        'taylor_t taylor_s')
+    p.add_argument('--attn-type', default=None,
+                   help="LinSwin stage letters, default the preset's (official: IIIS, IISS, IIMS2)")
+    p.add_argument('--window-size', type=int, nargs='+', default=None,
+                   help="LinSwin window of 'S' blocks (one, or one per stage), default the preset's (7; 12 "
+                        "for b_384)")
+    p.add_argument('--ema', action='store_true', help='convert the EMA weights (state_dict_ema / model_ema)')
     args = p.parse_args(argv)
-    state, backbone, rep = convert(args.src, args.model, args.arch, args.attn_type)
+    ws = args.window_size[0] if args.window_size and len(args.window_size) == 1 else args.window_size
+    try:
+        state, backbone, rep = convert(args.src, args.model, args.arch, args.attn_type, ws, use_ema=args.ema)
+    except (PretrainedMismatchError, UnsafeCheckpointError, ValueError) as err:
+        raise SystemExit(f'error: {err}') from None
     backbone.load_state_dict(state, strict=False)
     torch.save({'state_dict': state, 'meta': dict(source=osp.basename(args.src), model=args.model,
-                                                  arch=args.arch)}, args.dst)
-    print(f'wrote {len(state)} tensors to {args.dst}')
+                                                  arch=args.arch, ema=args.ema)}, args.dst)
+    print(f'wrote {len(state)} of {len(backbone.state_dict())} backbone tensors to {args.dst} '
+          f'(from entry {rep["where"]}, {"EMA" if args.ema else "non-EMA"} weights)')
+    for note in rep['notes']:
+        print(note)
     print(f'dropped from the source (classifier etc.): {rep["dropped"]}')
-    print(f'left at initialisation (new in the dense-prediction backbone): {rep["missing"]}')
-    if rep['unexpected']:
-        print(f'not used: {rep["unexpected"]}')
+    print(f'new in the dense-prediction backbone (left at initialisation): {rep["new"]}')
+    if rep['unused']:
+        print(f'not used: {rep["unused"]}')
     return rep
 
 

@@ -19,8 +19,9 @@ MODES = ('auto', 'direct', 'efficient')
 class TaylorShiftAttention(BaseAttention):
     """TaylorShift attention. Keys match tobna/TaylorShift: ``qkv``, ``proj``, ``temperature``.
 
-    ``temperature`` is stored as ``(H,)``; official checkpoints hold it as ``(1, H, 1, 1)`` and are reshaped on
-    load. ``mode``, ``n0`` and ``output_normalized`` are plain attributes and may be changed on a built model
+    ``temperature`` is stored as ``(H,)``; official checkpoints hold it as ``(1, H, 1, 1)``: any shape with H
+    elements is reshaped on load (``LinViT.convert_official`` does the same for the conversion tool). ``mode``,
+    ``n0`` and ``output_normalized`` are plain attributes and may be changed on a built model
     (e.g. ``for m in model.modules(): m.n0 = 512`` after measuring the crossover on a device).
 
     Args:
@@ -43,7 +44,7 @@ class TaylorShiftAttention(BaseAttention):
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + 'temperature'
         t = state_dict.get(key)
-        if t is not None and t.dim() == 4:  # official (1, H, 1, 1)
+        if t is not None and t.dim() != 1 and t.numel() == self.num_heads:  # official (1, H, 1, 1)
             state_dict[key] = t.reshape(-1)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

@@ -372,7 +372,7 @@ add_family('linpvt_{size}_{attn}', LinPVT, 'tsml', {a: dict(attn_cfg=dict(type=a
                                                     ('inline', 'taylorshift', 'linformer', 'softmax')},
            groups=_pvt_groups, final_norm=True, first_conv='backbone.patch_embed1.proj')
 add_family('linswin_{size}_{attn}', LinSwin, 'tsb', {
-    'inline': dict(attn_type='IIIS'),
+    'inline': dict(),  # the preset's official letters (IIIS / IISS / IIMS2)
     **{a: dict(attn_cfg=[dict(type=a)] * 3 + [dict(type='window')]) for a in ('taylorshift', 'linformer')}},
     groups=_swin_groups)
 add_family('lindeit_{size}_inline', LinViT, 'tsb', arch='deit_{size}', groups=_vit_groups)

@@ -18,12 +18,19 @@ for two reasons:
   turns a refusal into one error that names the checkpoint and the offending global.
 
 Importing :mod:`linattn_mm` (every config of ours does, through ``custom_imports``) calls :func:`install`.
+
+:func:`load_checkpoint_file` reads *foreign* training checkpoints for weight conversion: the official InLine
+training code stores its yacs ``CfgNode`` under ``'config'``. The file is read with ``weights_only=True`` and the
+name ``yacs.config.CfgNode`` alone is mapped to an inert stand-in (a plain ``OrderedDict`` receives the keys; no
+yacs code is imported or run); entries holding such a config are dropped and reported. Every other global stays
+refused, exactly as in :func:`safe_torch_load`.
 """
 from __future__ import annotations
 
 import os.path as osp
 import pickle
-from typing import Any, Dict, List
+from collections import OrderedDict
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import torch
@@ -70,6 +77,50 @@ def safe_torch_load(filename: str, map_location=None) -> Any:
             f'{str(err).splitlines()[0]} ... If you wrote this file yourself and trust it, allowlist '
             f'exactly the named type with torch.serialization.add_safe_globals([...]) before loading; '
             f'checkpoints written by mmengine with linattn_mm imported need nothing extra.') from None
+
+
+class _InertCfgNode:
+    """Stands in for ``yacs.config.CfgNode`` while unpickling: ``__new__`` returns a plain ``OrderedDict``.
+
+    The weights-only unpickler then fills it like any mapping (SETITEMS) and sets its attribute state (BUILD);
+    nothing of yacs runs. Created mappings are recorded in ``made`` so the loader can tell where configs were.
+    """
+
+    made: List[int] = []
+
+    def __new__(cls, *args):  # noqa: D102 - pickle calls cls.__new__(cls)
+        out: OrderedDict = OrderedDict()
+        cls.made.append(id(out))
+        return out
+
+
+_YACS_NAMES = ('yacs.config.CfgNode',)
+
+
+def load_checkpoint_file(filename: str, map_location='cpu') -> Tuple[Any, List[str]]:
+    """Load a training checkpoint safely for weight conversion; return ``(obj, notes)``.
+
+    Like :func:`safe_torch_load`, plus: a yacs ``CfgNode`` (the official InLine/Swin training code stores one
+    under ``'config'``) is read as inert data and its entry removed from the returned dict; ``notes`` says so.
+
+    Raises:
+        UnsafeCheckpointError: the file holds any other object outside the allowlist (nothing in it ran).
+    """
+    _InertCfgNode.made = []
+    if hasattr(torch.serialization, 'safe_globals'):
+        with torch.serialization.safe_globals([(_InertCfgNode, n) for n in _YACS_NAMES]):
+            obj = safe_torch_load(filename, map_location=map_location)
+    else:  # pragma: no cover - torch < 2.5 has no name-mapped allowlist: yacs files are refused
+        obj = safe_torch_load(filename, map_location=map_location)
+    made, notes = set(_InertCfgNode.made), []
+    _InertCfgNode.made = []
+    if made and isinstance(obj, dict):
+        skipped = [k for k, v in obj.items() if id(v) in made]
+        obj = {k: v for k, v in obj.items() if k not in skipped}
+        if skipped:
+            notes.append(f'skipped {", ".join(map(repr, skipped))}: a yacs CfgNode (training config), read as '
+                         f'inert data and not executed')
+    return obj, notes
 
 
 def _load_from_local(filename: str, map_location=None) -> Any:

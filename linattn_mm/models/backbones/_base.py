@@ -88,37 +88,33 @@ class LinBackboneBase(BaseModule):
     def convert_official(self, state_dict: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
         return state_dict
 
+    def pretrained_new_keys(self) -> List[str]:
+        """Backbone tensors an official classification checkpoint legitimately lacks (dense-prediction additions,
+        left at initialisation when loading one). Each family lists its own; none by default."""
+        return []
+
     def init_weights(self) -> None:
         """Random init, then ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` if given.
 
-        Accepts our checkpoints, mmengine checkpoints (``state_dict``, ``backbone.`` prefixes) and the official
-        InLine / TaylorShift classification checkpoints (``model``), converted with :meth:`convert_official`;
-        position tables are resized to ours. Loading is safe (``weights_only=True``).
+        Optional keys: ``use_ema`` (take the checkpoint's EMA weights), ``prefix`` (entries of a whole-model
+        checkpoint, ``'backbone.'``), ``source`` (naming of the checkpoint, ``'official'``: InLine /
+        TaylorShift releases and ours). Accepts every common layout (ours, mmengine, the official training
+        checkpoints, DDP prefixes), converts with :meth:`convert_official` and resizes position tables; a
+        checkpoint that does not fill every backbone tensor raises
+        :class:`~linattn_mm.models.backbones._pretrained.PretrainedMismatchError`. See
+        :func:`~linattn_mm.models.backbones._pretrained.load_pretrained` (shared with tools/convert_weights.py).
         """
         self._init_random()
         cfg = self._pretrained_cfg
         if not cfg:
             return
-        if cfg.get('type') != 'Pretrained' or 'checkpoint' not in cfg:
-            raise ValueError(f"{type(self).__name__}: init_cfg must be dict(type='Pretrained', checkpoint=PATH), "
-                             f'got {cfg}')
-        from linattn_mm.utils.safe_checkpoint import safe_torch_load
-        from mmengine.fileio import get_local_path
-        with get_local_path(cfg['checkpoint']) as path:
-            ckpt = safe_torch_load(path, map_location='cpu')
-        state = ckpt
-        for key in ('state_dict', 'model', 'module'):
-            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
-                state = state[key]
-        prefix = cfg.get('prefix', 'backbone.')
-        if any(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        state = self.convert_official(dict(state))
-        state = self._resize_position_tables(state)
-        missing, unexpected = self.load_state_dict(state, strict=False)
-        print_log(f'{type(self).__name__}: loaded {cfg["checkpoint"]} '
-                  f'({len(state) - len(unexpected)} tensors; missing {len(missing)}: {missing[:8]}; '
-                  f'unexpected {len(unexpected)}: {unexpected[:8]})', logger='current')
+        known = {'type', 'checkpoint', 'use_ema', 'prefix', 'source'}
+        if cfg.get('type') != 'Pretrained' or 'checkpoint' not in cfg or set(cfg) - known:
+            raise ValueError(f"{type(self).__name__}: init_cfg must be dict(type='Pretrained', checkpoint=PATH"
+                             f"[, use_ema=False, prefix='backbone.', source='official']), got {cfg}")
+        from ._pretrained import load_pretrained
+        load_pretrained(self, cfg['checkpoint'], use_ema=cfg.get('use_ema', False),
+                        prefix=cfg.get('prefix', 'backbone.'), source=cfg.get('source', 'official'))
 
     def _init_random(self) -> None:
         from timm.layers import trunc_normal_

@@ -84,9 +84,7 @@ def tokens_to_map(x: Tensor, hw: Sequence[int]) -> Tensor:
 
 
 def drop_path_rates(depths: Sequence[int], rate: float):
-    """Stochastic depth growing linearly from 0 to ``rate`` over all blocks, split per stage (plain Python, so
-    models build on the meta device)."""
-    n = sum(depths)
+    n = sum(depths)  # linearly growing rates (python floats, so that models also build on the meta device)
     dpr = [rate * i / (n - 1) if n > 1 else 0. for i in range(n)]
     out, cur = [], 0
     for d in depths:
