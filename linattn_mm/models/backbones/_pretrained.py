@@ -179,8 +179,14 @@ def guess_arch(state: Dict[str, Tensor]) -> str:
             size = f', position table {side}x{side} = {side * int(w.shape[-1])} px'
         return (f"--model {model} --arch {arch or '<dict>'}" +
                 ('' if arch else f' (embed_dims={c}, depth={depth}, num_heads={heads}, {attn} attention{size})'))
-    if any(k.startswith(('stage1.', 'stage1_conv_embed')) for k in state):
-        return '--model inline_cswin (an InLine-CSwin checkpoint)'
+    if any(k.startswith(('stage1.', 'stage1_conv_embed')) for k in state):  # CSwin layout
+        from .lin_cswin import CSWIN_PRESETS
+        depths = list(_count(state, r'stage(\d+)\.(\d+)\.').values())
+        w = state.get('stage1_conv_embed.0.weight')
+        c0 = int(w.shape[0]) if w is not None else None
+        arch = next((n for n, p in CSWIN_PRESETS.items() if p['embed_dims'] == c0 and p['depths'] == depths), None)
+        return f"--model inline_cswin --arch {arch or '<dict>'}" + (
+            '' if arch else f' (embed_dims={c0}, depths={depths})')
     top = Counter(k.split('.')[0] for k in state).most_common(6)
     return f'an unknown layout (top-level names: {[n for n, _ in top]})'
 

@@ -155,6 +155,12 @@ class LinCSwin(LinBackboneBase):
                 outs.append(tokens_to_map(getattr(self, f'norm{i}')(x), hw))
         return tuple(outs)
 
+    def pretrained_new_keys(self) -> List[str]:
+        """Per-level norms ``norm{i}`` before the last stage (the official model has only the final ``norm``,
+        converted to ``norm{last}``)."""
+        last = self.num_stages - 1
+        return [k for k in self.state_dict() if re.match(r'norm\d+\.', k) and not k.startswith(f'norm{last}.')]
+
     def convert_official(self, state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """Official InLine-CSwin keys -> ours: drop ``head``, ``stage{s}.{j}.{qkv,proj,attns}`` ->
         ``stage{s}.{j}.attn.*``, final ``norm`` -> ``norm{last}``."""
