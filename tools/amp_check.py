@@ -43,10 +43,11 @@ DTYPES = {'fp16': torch.float16, 'bf16': torch.bfloat16, 'fp32': torch.float32}
 class DenseTask(nn.Module):
     """A LinPVT with one 1x1 conv classifier per output map."""
 
-    def __init__(self, attn: str, arch: dict, num_classes: int = 4):
+    def __init__(self, attn: str, arch: dict, num_classes: int = 4, attn_opts: Optional[dict] = None):
         super().__init__()
         from linattn_mm.models.backbones import LinPVT
-        self.backbone = LinPVT(arch=arch, attn_cfg=dict(type=attn, **ATTN_OPTS.get(attn, {})), drop_path_rate=0.)
+        opts = (ATTN_OPTS if attn_opts is None else attn_opts).get(attn, {})
+        self.backbone = LinPVT(arch=arch, attn_cfg=dict(type=attn, **opts), drop_path_rate=0.)
         self.heads = nn.ModuleList(nn.Conv2d(c, num_classes, 1) for c in self.backbone.out_channels)
 
     def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
@@ -63,15 +64,17 @@ def make_batch(arch: dict, batch: int, hw: Sequence[int], in_scale: float, num_c
 
 
 def train(attn: str, precision: str, steps: int, device: str = 'cpu', arch: Optional[dict] = None, batch: int = 2,
-          hw: Sequence[int] = (96, 128), in_scale: float = 3., lr: float = 1e-3, seed: int = 0) -> dict:
+          hw: Sequence[int] = (96, 128), in_scale: float = 3., lr: float = 1e-3, seed: int = 0,
+          attn_opts: Optional[Dict[str, dict]] = None) -> dict:
     """Train ``steps`` AdamW steps on one fixed batch; returns losses, scales and skipped steps.
 
     ``precision``: ``'fp16'`` (autocast + ``GradScaler``), ``'bf16'`` (autocast, no scaler) or ``'fp32'``.
-    A step is *skipped* when the scaler found non-finite gradients (its scale went down).
+    A step is *skipped* when the scaler found non-finite gradients (its scale went down). ``attn_opts``: options
+    per attention name (default ``ATTN_OPTS``).
     """
     arch = arch or SMALL
     torch.manual_seed(seed)
-    model = DenseTask(attn, arch).to(device).train()
+    model = DenseTask(attn, arch, attn_opts=attn_opts).to(device).train()
     x, labels = make_batch(arch, batch, hw, in_scale, seed=seed)
     x, labels = x.to(device), [t.to(device) for t in labels]
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
