@@ -8,7 +8,9 @@ valid keys of a sample,
 i.e. the weights ``phi_q_i . phi_k_j`` normalised per row (Katharopoulos et al., ICML 2020, eq. 5). The
 ``1/N`` on both sides cancels except against ``eps``; it keeps the state bounded whatever N is, so half
 precision does not overflow. Reductions run in float32 (or float64) and the result is cast back: the
-"fp32 island" EfficientViT uses for its ReLU attention.
+"fp32 island" EfficientViT uses for its ReLU attention. The island switches autocast off (:func:`fp32_island`):
+under ``torch.autocast`` a matmul of float32 operands still runs in fp16 / bf16, which overflowed the backward
+of focused attention in fp16 (``out / den`` terms summed in fp16) and made the loss scale collapse.
 
 ``backend='auto'|'torch'|'triton'`` (see :mod:`linattn_mm.ops.backend`) selects between this torch path and the
 fused Triton kernels of :mod:`linattn_mm.ops._kernelized_triton` (imported only when chosen, so CPU calls
@@ -16,7 +18,8 @@ never import Triton under ``'auto'``).
 """
 from __future__ import annotations
 
-from typing import Optional
+import contextlib
+from typing import ContextManager, Optional
 
 import torch
 from torch import Tensor
@@ -40,6 +43,17 @@ def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def fp32_island(device: torch.device) -> ContextManager:
+    """Autocast off on ``device`` (a no-op context when it is off already), so that the float32 operands of an
+    island stay float32 in its matmuls: autocast recasts every ``@`` / ``bmm`` / ``einsum`` to the low dtype
+    whatever its inputs are, which silently turned the reductions below back into fp16 under
+    ``torch.autocast`` (and fp16 ``phi(q) / den`` products overflow in the backward)."""
+    dev = device.type
+    if dev in ('cpu', 'cuda') and torch.is_autocast_enabled(dev):
+        return torch.autocast(dev, enabled=False)
+    return contextlib.nullcontext()
+
+
 def kernelized_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor],
                          eps: float, out_dtype: torch.dtype, backend: str = 'torch') -> Tensor:
     """Fast path, O(N·M·Dv): never forms the (Nq, Nk) weights.
@@ -55,6 +69,12 @@ def kernelized_attention(phi_q: Tensor, phi_k: Tensor, v: Tensor, key_padding_ma
         from ._kernelized_triton import kernelized_attention_triton  # Triton is optional: imported lazily
         return kernelized_attention_triton(phi_q.to(v.dtype), phi_k.to(v.dtype), v, key_padding_mask, eps=eps,
                                            feature='identity')
+    with fp32_island(v.device):
+        return _kernelized_torch(phi_q, phi_k, v, key_padding_mask, eps, out_dtype)
+
+
+def _kernelized_torch(phi_q: Tensor, phi_k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor], eps: float,
+                      out_dtype: torch.dtype) -> Tensor:
     acc = acc_dtype(out_dtype)
     phi_q, phi_k, v = phi_q.to(acc), phi_k.to(acc), v.to(acc)
     if key_padding_mask is not None:

@@ -16,7 +16,15 @@ costs O(N M Dv). ``kernel='arccos'`` is the paper's other variant, ``phi(x) = sq
 arc-cosine kernel, non-negative features). The scale ``s`` lives in ``W`` (the layer learns it per head).
 
 The trigonometric estimate of a positive kernel can be <= 0, so the normaliser (a mean over the valid keys, as
-in :mod:`linattn_mm.ops._kernelized`) is floored at ``eps``; the naive twin applies the same floor.
+in :mod:`linattn_mm.ops._kernelized`) is floored at ``eps``; the naive twin applies the same floor. Its error is
+absolute, ~1/sqrt(M) whatever the kernel's size: once ``s^2`` makes the kernel of most pairs small (random unit
+vectors in D = 32 at s = 2: exp(-4) ~ 0.02), a share of the queries sit on the floor and their outputs and
+gradients are amplified ~1/eps. That is the estimator (Choromanski et al., 2021, introduced positive features for
+it), not rounding: fp32 sees the same spikes, fp16 training skips the steps where they overflow.
+
+Half precision: features and reductions run in float32 with autocast off (:func:`~linattn_mm.ops._kernelized.
+fp32_island`): sin / cos need the phase ``W x`` to ~1e-3, and a half-precision matmul rounds phases of |.| ~ 10 to
+2^-7 (fp16) or 2^-4 (bf16).
 
 The paper's *gated* RFA (a recency gate ``S_t = g_t S_{t-1} + (1 - g_t) phi(k_t) v_t^T``) is a causal recurrence
 over a sequence order. Image tokens have no order: a raster scan would make the top-left of the image "old"
@@ -31,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._kernelized import acc_dtype
+from .._kernelized import acc_dtype, fp32_island
 from .._utils import check_qkv
 
 KERNELS = ('gaussian', 'arccos')
@@ -54,7 +62,8 @@ def rfa_features(x: Tensor, features: Tensor, kernel: str = 'gaussian', normaliz
     x = x.to(acc)
     if normalize:
         x = F.normalize(x, dim=-1)
-    proj = x @ features.to(acc).transpose(-2, -1)                      # (B, H, N, M); (H, D, M) broadcasts over B
+    with fp32_island(x.device):   # sin / cos need the phase to ~1e-3: a half-precision matmul rounds it to 2^-4
+        proj = x @ features.to(acc).transpose(-2, -1)                  # (B, H, N, M); (H, D, M) broadcasts over B
     m = proj.shape[-1]
     if kernel == 'arccos':
         return F.relu(proj) * m ** -0.5
@@ -88,9 +97,10 @@ def rfa_attention(q: Tensor, k: Tensor, v: Tensor, features: Tensor, key_padding
     """
     check_qkv(q, k, v, key_padding_mask, name='rfa_attention')
     check_rfa(q, features, kernel, eps, 'rfa_attention')
-    phi_q = rfa_features(q, features, kernel, normalize)
-    phi_k, va, n = _masked(rfa_features(k, features, kernel, normalize), v.to(phi_q.dtype), key_padding_mask)
-    kv = phi_k.transpose(-2, -1) @ va / n                              # (B, H, F, Dv)
-    z = phi_k.sum(-2, keepdim=True) / n                                # (B, H, 1, F)
-    den = (phi_q @ z.transpose(-2, -1)).clamp_min(eps)                 # (B, H, Nq, 1)
-    return ((phi_q @ kv) / den).to(v.dtype)
+    with fp32_island(q.device):   # the phases W x and every reduction in float32, also under autocast
+        phi_q = rfa_features(q, features, kernel, normalize)
+        phi_k, va, n = _masked(rfa_features(k, features, kernel, normalize), v.to(phi_q.dtype), key_padding_mask)
+        kv = phi_k.transpose(-2, -1) @ va / n                              # (B, H, F, Dv)
+        z = phi_k.sum(-2, keepdim=True) / n                                # (B, H, 1, F)
+        den = (phi_q @ z.transpose(-2, -1)).clamp_min(eps)                 # (B, H, Nq, 1)
+        return ((phi_q @ kv) / den).to(v.dtype)
