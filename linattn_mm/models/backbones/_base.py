@@ -93,7 +93,8 @@ class LinBackboneBase(BaseModule):
 
         Accepts our checkpoints, mmengine checkpoints (``state_dict``, ``backbone.`` prefixes) and the official
         InLine / TaylorShift classification checkpoints (``model``), converted with :meth:`convert_official`;
-        position tables are resized to ours. Loading is safe (``weights_only=True``).
+        position tables are resized to ours. ``source='timm'|'mmdet'|'mmpretrain'`` maps a softmax Swin / PVTv2 /
+        ViT checkpoint into any attention instead (:mod:`.softmax_ckpt`). Loading is safe (``weights_only=True``).
         """
         self._init_random()
         cfg = self._pretrained_cfg
@@ -113,7 +114,11 @@ class LinBackboneBase(BaseModule):
         prefix = cfg.get('prefix', 'backbone.')
         if any(k.startswith(prefix) for k in state):
             state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        state = self.convert_official(dict(state))
+        if cfg.get('source') is not None:  # a softmax Swin / PVTv2 / ViT checkpoint of timm, mmdet or mmpretrain
+            from .softmax_ckpt import convert_softmax_checkpoint
+            state = convert_softmax_checkpoint(self, dict(state), cfg['source'])[0]
+        else:
+            state = self.convert_official(dict(state))
         state = self._resize_position_tables(state)
         missing, unexpected = self.load_state_dict(state, strict=False)
         print_log(f'{type(self).__name__}: loaded {cfg["checkpoint"]} '
