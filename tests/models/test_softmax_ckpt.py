@@ -1,6 +1,8 @@
 """Softmax checkpoints (timm, mmdet, mmpretrain) mapped into our backbones: with the matching softmax attention the
 features equal the source model's (float64, random weights, no download); with another attention every shared
 tensor loads and the report names the rest; the real T/S/B and b0-b5 key layouts map completely."""
+import os
+import re
 from unittest import mock
 
 import pytest
@@ -141,13 +143,22 @@ def test_linvit_softmax_equals_timm_vit_without_class_token(tmp_path):
 
 
 # ------------------------------------------------------------------------------- another attention
+CONFIG = os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'softmax_init',
+                      'mask-rcnn_linswin-t-inline-from-swin-t_fpn_1x_coco.py')
+
+
 def test_linswin_t_inline_starts_from_timm_swin_t(tmp_path):
-    """The README's one-line option: LinSwin-T with InLine stages from a (random) timm Swin-T checkpoint."""
+    """The README's one-line option (its config): LinSwin-T with InLine stages from a (random) timm Swin-T
+    state dict loads every shared tensor and reports InLine's own parameters as new."""
+    pytest.importorskip('mmdet')
+    from mmengine.config import Config
+    bb = Config.fromfile(CONFIG).model.backbone.to_dict()
+    assert bb.pop('type') == 'linattn_mm.LinSwin' and bb['init_cfg']['source'] == 'timm'
     src = _on_meta(lambda: timm.create_model('swin_tiny_patch4_window7_224', pretrained=False))
     g = torch.Generator().manual_seed(0)
     state = {k: torch.randn(v.shape, generator=g) for k, v in src.state_dict().items()}  # timm's keys and shapes
-    path = _save(tmp_path, state)
-    ours = LinSwin('t', attn_type='IIIS', init_cfg=dict(type='Pretrained', checkpoint=path, source='timm'))
+    bb['init_cfg']['checkpoint'] = _save(tmp_path, state)
+    ours = LinSwin(**bb)
     _, rep = convert_softmax_checkpoint(ours, state, 'timm', log=False)
     own = ours.state_dict()
     # every shared tensor loaded: all but the softmax-only bias tables of the InLine stages and the classifier
@@ -163,6 +174,23 @@ def test_linswin_t_inline_starts_from_timm_swin_t(tmp_path):
     new = set(rep['new'])
     assert new and all('.attn.' in k for k in new - {f'norm{i}.{p}' for i in range(3) for p in ('weight', 'bias')})
     assert any('layers.0.blocks.0.attn.' in k for k in new)  # InLine's own parameters, initialised as InLine does
+
+
+def test_official_swin_layout_equals_timm_layout():
+    """The official microsoft/Swin-Transformer files (what mmdet's Swin configs load) merge at the end of a stage
+    and keep the index / mask buffers; source='timm' reads them too."""
+    state = _randomise(_timm_swin(224)).state_dict()
+    official = {}
+    for k, v in state.items():
+        m = re.match(r'layers\.(\d+)\.downsample\.(.*)', k)
+        official[f'layers.{int(m.group(1)) - 1}.downsample.{m.group(2)}' if m else k] = v
+    official['layers.0.blocks.1.attn_mask'] = torch.zeros(64, 49, 49)
+    official['layers.0.blocks.0.attn.relative_position_index'] = torch.zeros(49, 49, dtype=torch.long)
+    ours = LinSwin(arch=dict(embed_dims=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4]), attn_cfg='window')
+    a, _ = convert_softmax_checkpoint(ours, state, 'timm', log=False)
+    b, rep = convert_softmax_checkpoint(ours, official, 'timm', log=False)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert len(rep['dropped']) == 4  # head weight and bias, and the two buffers
 
 
 def test_qkv_split_and_concat_between_layouts():
@@ -203,8 +231,9 @@ def test_bad_source_and_wrong_family_raise():
 # ----------------------------------------------------------------- real sizes: key names and shapes
 REAL = [('swin_tiny_patch4_window7_224', LinSwin, 't'), ('swin_small_patch4_window7_224', LinSwin, 's'),
         ('swin_base_patch4_window7_224', LinSwin, 'b'), *[(f'pvt_v2_b{i}', LinPVT, f'v2_b{i}') for i in range(6)],
-        ('pvt_v2_b2_li', LinPVT, 'v2_b2_li'), ('deit_small_patch16_224', LinViT, 'deit_s'),
-        ('vit_base_patch16_224', LinViT, 'deit_b')]
+        ('pvt_v2_b2_li', LinPVT, 'v2_b2_li'),
+        ('deit_small_patch16_224', LinViT, dict(embed_dims=384, depth=12, num_heads=6)),
+        ('vit_base_patch16_224', LinViT, dict(embed_dims=768, depth=12, num_heads=12))]
 SLOW = {'pvt_v2_b3', 'pvt_v2_b4', 'pvt_v2_b5'}  # a few seconds each on a CI core (deep stage 3)
 
 
