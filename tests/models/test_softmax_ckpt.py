@@ -275,13 +275,47 @@ def test_real_size_timm_layouts_map_completely(name, cls, arch):
 
 
 # ---------------------------------------------------------------------------------- mmdet / mmpretrain
+def _mmpretrain_vit_keys(k):
+    """timm ViT key -> mmpretrain VisionTransformer key (the renames of mmpretrain's own deit converter)."""
+    for a, b in (('patch_embed.proj.', 'patch_embed.projection.'), ('blocks.', 'layers.'), ('norm1.', 'ln1.'),
+                 ('norm2.', 'ln2.'), ('mlp.fc1.', 'ffn.layers.0.0.'), ('mlp.fc2.', 'ffn.layers.1.')):
+        k = k.replace(a, b)
+    return 'ln1.' + k[len('norm.'):] if k.startswith('norm.') else 'head.layers.' + k if k.startswith('head.') else k
+
+
+def test_mmpretrain_vit_layout_equals_timm_layout():
+    from timm.models.vision_transformer import VisionTransformer
+    state = _randomise(VisionTransformer(img_size=224, patch_size=16, embed_dim=32, depth=2, num_heads=2)).state_dict()
+    mmpre = {'backbone.' + _mmpretrain_vit_keys(k) if not k.startswith('head.') else _mmpretrain_vit_keys(k): v
+             for k, v in state.items()}
+    assert 'backbone.layers.1.ffn.layers.0.0.weight' in mmpre and 'backbone.ln1.weight' in mmpre
+    ours = LinViT(arch=dict(embed_dims=32, depth=2, num_heads=2), attn_cfg='focused', out_indices=(2, 3))
+    a, _ = convert_softmax_checkpoint(ours, state, 'timm', log=False)
+    stripped = {k[len('backbone.'):]: v for k, v in mmpre.items() if k.startswith('backbone.')}
+    b, rep = convert_softmax_checkpoint(ours, stripped, 'mmpretrain', log=False)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert {d.split(' ')[0] for d in rep['dropped']} == {'cls_token'}
+    # focused linear attention's own depthwise conv and scale are new
+    assert {k.split('.', 3)[3] for k in rep['new']} == {'dwc.weight', 'dwc.bias', 'scale'}
+
+
 def test_mmdet_swin_and_pvtv2_keys_map_completely():
+    """mmdet's own Swin and PVTv2 (built without weights) map completely; Swin's patch-merging order is checked
+    on the features of stages 0-2 (mmdet also shifts the single 7x7 window of stage 3 at 224, ours does not)."""
     mmdet_bb = pytest.importorskip('mmdet.models.backbones')
-    swin = mmdet_bb.SwinTransformer(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7,
-                                    out_indices=(0, 1, 2, 3))
-    ours = LinSwin(arch=dict(embed_dims=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4]), attn_cfg='window')
-    _, rep = convert_softmax_checkpoint(ours, swin.state_dict(), 'mmdet', log=False)
+    torch.manual_seed(0)
+    swin = _randomise(mmdet_bb.SwinTransformer(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4),
+                                               window_size=7, out_indices=(0, 1, 2, 3)))
+    ours = LinSwin(arch=dict(embed_dims=16, depths=[2, 2, 2, 2], num_heads=[1, 2, 2, 4]), attn_cfg='window',
+                   drop_path_rate=0.)
+    state, rep = convert_softmax_checkpoint(ours, swin.state_dict(), 'mmdet', log=False)
     assert rep['new'] == [] and set(rep['mapped']) == set(ours.state_dict())
+    ours.load_state_dict(state)
+    swin, ours = swin.double().eval(), ours.double().eval()
+    x = torch.randn(1, 3, 224, 224, dtype=torch.float64)
+    with torch.no_grad():
+        for o, r in list(zip(ours(x), swin(x)))[:3]:
+            _assert_rel(o, r)
     pvt = mmdet_bb.PyramidVisionTransformerV2(embed_dims=16, num_layers=[1, 2, 1, 1], num_heads=[1, 2, 3, 4],
                                               mlp_ratios=[2, 2, 2, 2])
     ours = LinPVT(arch=dict(embed_dims=[16, 32, 48, 64], num_heads=[1, 2, 3, 4], depths=[1, 2, 1, 1],
