@@ -9,7 +9,8 @@ from linattn_mm.models.backbones import LinPVT, LinSwin, LinViT
 
 TINY = {
     LinPVT: dict(arch=dict(embed_dims=[16, 32, 32, 48], num_heads=[1, 2, 2, 2], mlp_ratios=[2, 2, 2, 2],
-                           depths=[1, 1, 1, 1]), attn_cfg='sra', overlap_patch_embed=True, mlp='dwconv', stage_norm=True),
+                           depths=[1, 1, 1, 1]),
+                   attn_cfg='sra', overlap_patch_embed=True, mlp='dwconv', stage_norm=True),
     LinSwin: dict(arch=dict(embed_dims=16, depths=[1, 1, 1, 1], num_heads=[1, 2, 2, 4]),
                     attn_cfg=[dict(type='inline')] * 3 + [dict(type='window')]),
     LinViT: dict(arch=dict(embed_dims=32, depth=1, num_heads=2)),
