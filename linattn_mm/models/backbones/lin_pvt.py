@@ -39,7 +39,8 @@ PVT_PRESETS: Dict[str, dict] = {
     'l': dict(embed_dims=[64, 128, 320, 512], num_heads=[2, 4, 10, 16], mlp_ratios=[8, 8, 4, 4],
               depths=[3, 8, 27, 3], sr_ratios=[8, 4, 2, 1]),
 }
-# PVTv2 b0-b5 (official / timm sizes): head dim 32 (b0: 32), sr ratios 8/4/2/1, mlp ratios 8/8/4/4 (b5: 4)
+# PVTv2 b0-b5 (official / timm sizes): heads 1/2/5/8 (head dim 64; b0: 32), sr ratios 8/4/2/1, mlp ratios
+# 8/8/4/4 (b5: 4)
 _V2 = dict(overlap_patch_embed=True, mlp='dwconv', stage_norm=True, attn='sra', sr_ratios=[8, 4, 2, 1])
 _V2_DIMS, _V2_HEADS = [64, 128, 320, 512], [1, 2, 5, 8]
 PVT_PRESETS.update({
