@@ -311,7 +311,9 @@ def test_mmdet_swin_and_pvtv2_keys_map_completely():
     state, rep = convert_softmax_checkpoint(ours, swin.state_dict(), 'mmdet', log=False)
     assert rep['new'] == [] and set(rep['mapped']) == set(ours.state_dict())
     ours.load_state_dict(state)
-    swin, ours = swin.double().eval(), ours.double().eval()
+    swin.double()
+    swin.eval()  # mmdet's SwinTransformer.train() returns None: not chained
+    ours = ours.double().eval()
     x = torch.randn(1, 3, 224, 224, dtype=torch.float64)
     with torch.no_grad():
         for o, r in list(zip(ours(x), swin(x)))[:3]:
