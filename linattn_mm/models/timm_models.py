@@ -99,7 +99,6 @@ class LinClassifier(nn.Module):
             sorted(set(_abs_indices(feature_indices, self.num_levels)))
         with torch.device(device) if device is not None else nullcontext():
             self.backbone = backbone_cls(in_channels=in_chans, out_indices=tuple(levels), **backbone_kwargs)
-            _drop_unused_branches(self.backbone, levels)
             # one Identity per built level: the modules feature_info names (FeatureHookNet, FeatureGraphNet)
             self.taps = nn.ModuleDict({str(i): nn.Identity() for i in levels})
             c = self.backbone.stage_channels[levels[-1]]
@@ -220,14 +219,6 @@ class LinClassifier(nn.Module):
             raise ValueError(f'levels {missing} are not built in this model (built: {self.levels}); create it '
                              f'with features_only=True, out_indices={tuple(take)} (or feature_indices=...)')
         return take
-
-
-def _drop_unused_branches(backbone: nn.Module, levels: Sequence[int]) -> None:
-    """LinViT's ViTDet branches (``fpn{i}``) of levels that are not returned would get no gradient; a no-op
-    for backbones that build only the branches their ``out_indices`` use."""
-    for i in range(4):
-        if i not in levels and isinstance(getattr(backbone, f'fpn{i + 1}', None), nn.Module):
-            setattr(backbone, f'fpn{i + 1}', nn.Identity())
 
 
 def _num_levels(backbone_kwargs: dict) -> int:

@@ -98,8 +98,9 @@ class LinBackboneBase(BaseModule):
 
         Optional keys: ``use_ema`` (take the checkpoint's EMA weights), ``prefix`` (entries of a whole-model
         checkpoint, ``'backbone.'``), ``source`` (naming of the checkpoint, ``'official'``: InLine /
-        TaylorShift releases and ours). Accepts every common layout (ours, mmengine, the official training
-        checkpoints, DDP prefixes), converts with :meth:`convert_official` and resizes position tables; a
+        TaylorShift releases and ours; ``'timm'``, ``'mmdet'``, ``'mmpretrain'``: a softmax Swin / PVTv2 /
+        ViT checkpoint mapped into any attention, :mod:`.softmax_ckpt`). Accepts every common layout (ours,
+        mmengine, the official training checkpoints, DDP prefixes), converts with :meth:`convert_official` and resizes position tables; a
         checkpoint that does not fill every backbone tensor raises
         :class:`~linattn_mm.models.backbones._pretrained.PretrainedMismatchError`. See
         :func:`~linattn_mm.models.backbones._pretrained.load_pretrained` (shared with tools/convert_weights.py).

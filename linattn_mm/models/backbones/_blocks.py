@@ -1,4 +1,5 @@
-"""Building blocks shared by the backbones: padded patch embedding and the pre-norm transformer block."""
+"""Building blocks shared by the backbones: padded patch embedding, the pre-norm transformer block and the
+PVTv2 depthwise-conv MLP."""
 from __future__ import annotations
 
 from typing import Optional, Sequence, Tuple
@@ -47,29 +48,76 @@ def pad_to_multiple(x: Tensor, s: int) -> Tensor:
     return x
 
 
+class _DWConv(nn.Module):
+    """3x3 depthwise conv over the token map; a module of its own so keys read ``dwconv.dwconv`` (PVTv2)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, bias=True, groups=dim)
+
+    def forward(self, x: Tensor, hw: Sequence[int]) -> Tensor:
+        b, n, c = x.shape
+        x = self.dwconv(x.transpose(1, 2).reshape(b, c, hw[0], hw[1]))
+        return x.flatten(2).transpose(1, 2)
+
+
+class DWConvMlp(nn.Module):
+    """PVTv2's MLP: ``fc1 -> [ReLU] -> 3x3 depthwise conv -> GELU -> fc2`` (W. Wang et al., "PVT v2: Improved
+    Baselines with Pyramid Vision Transformer", CVMJ 2022; github whai362/PVT ``classification/pvt_v2.py``).
+
+    Keys follow the official checkpoints (``fc1``, ``dwconv.dwconv``, ``fc2``); timm's ``pvt_v2`` names the conv
+    ``dwconv`` (mapped by :mod:`.softmax_ckpt`). ``extra_relu`` is the ReLU of PVTv2-li (linear SRA). The conv
+    zero-pads at the map border, as the official model does.
+
+    Args:
+        dim: channels ``C``. hidden: hidden channels. drop: dropout after the activation and after ``fc2``.
+        extra_relu: ReLU after ``fc1`` (PVTv2-li).
+    """
+
+    def __init__(self, dim: int, hidden: int, drop: float = 0., extra_relu: bool = False):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.relu = nn.ReLU() if extra_relu else nn.Identity()
+        self.dwconv = _DWConv(hidden)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: Tensor, hw: Sequence[int]) -> Tensor:
+        """``(B, H*W, C)`` tokens of the ``hw`` grid -> ``(B, H*W, C)``."""
+        x = self.act(self.dwconv(self.relu(self.fc1(x)), hw))
+        return self.drop(self.fc2(self.drop(x)))
+
+
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + DropPath(attn(LN(x)))``, ``x + DropPath(mlp(LN(x)))``.
 
     The attention comes from the plain table (:func:`linattn_mm.layers.build_attention`); its forward is
     ``attn(x, hw_shape)``. Names (``norm1``, ``attn``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``) follow PVT, Swin and
-    DeiT checkpoints. ``with_cp`` recomputes the block in backward (gradient checkpointing).
+    DeiT checkpoints. ``mlp='dwconv'`` is PVTv2's :class:`DWConvMlp` (``'dwconv_relu'``: with PVTv2-li's ReLU).
+    ``with_cp`` recomputes the block in backward (gradient checkpointing).
     """
 
     def __init__(self, dim: int, num_heads: int, attn_cfg: dict, mlp_ratio: float = 4., qkv_bias: bool = True,
                  drop: float = 0., attn_drop: float = 0., drop_path: float = 0., norm_eps: float = 1e-6,
-                 with_cp: bool = False):
+                 with_cp: bool = False, mlp: str = 'plain'):
         super().__init__()
+        if mlp not in ('plain', 'dwconv', 'dwconv_relu'):
+            raise ValueError(f"Block: mlp must be 'plain', 'dwconv' or 'dwconv_relu', got {mlp!r}")
         self.norm1 = nn.LayerNorm(dim, eps=norm_eps)
         self.attn = build_attention(attn_cfg, dim, num_heads, qkv_bias=qkv_bias, attn_drop=attn_drop,
                                     proj_drop=drop)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
-        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        self.mlp_takes_hw = mlp != 'plain'
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop) if mlp == 'plain' else \
+            DWConvMlp(dim, int(dim * mlp_ratio), drop=drop, extra_relu=mlp == 'dwconv_relu')
         self.with_cp = with_cp
 
     def _forward(self, x: Tensor, hw: Sequence[int]) -> Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x), hw))
-        return x + self.drop_path(self.mlp(self.norm2(x)))
+        y = self.norm2(x)
+        return x + self.drop_path(self.mlp(y, hw) if self.mlp_takes_hw else self.mlp(y))
 
     def forward(self, x: Tensor, hw: Sequence[int]) -> Tensor:
         if self.with_cp and x.requires_grad:

@@ -37,6 +37,20 @@ SOURCES: Dict[str, Callable[[nn.Module, Dict[str, Tensor]], Dict[str, Tensor]]] 
 }
 
 
+def _softmax_source(source: str) -> Callable[[nn.Module, Dict[str, Tensor]], Dict[str, Tensor]]:
+    def convert(backbone: nn.Module, state: Dict[str, Tensor]) -> Dict[str, Tensor]:
+        from .softmax_ckpt import convert_softmax_checkpoint
+        return convert_softmax_checkpoint(backbone, state, source)[0]
+    return convert
+
+
+for _source in ('timm', 'mmdet', 'mmpretrain'):  # softmax Swin / PVTv2 / ViT checkpoints (softmax_ckpt.py)
+    SOURCES[_source] = _softmax_source(_source)
+
+# in a softmax checkpoint, what only another attention has: anything inside ``attn`` but the shared projections
+_ATTN_ONLY = re.compile(r'\.attn\.(?!(?:qkv|q|kv|proj)\.(?:weight|bias)$)')
+
+
 class PretrainedMismatchError(ValueError):
     """The checkpoint does not fill the backbone (wrong family, size or attention)."""
 
@@ -241,6 +255,8 @@ def match_state(backbone: nn.Module, raw: Dict[str, Tensor], source: str = 'offi
     state = backbone._resize_position_tables(state)
     own = backbone.state_dict()
     new = set(backbone.pretrained_new_keys())
+    if source != 'official':  # a softmax checkpoint: the new attention's own parameters keep their init
+        new |= {k for k in own if _ATTN_ONLY.search(k)}
     missing = [k for k in own if k not in state and k not in new]
     unused = [k for k in state if k not in own]
     mismatched = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]

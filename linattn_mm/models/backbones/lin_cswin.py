@@ -119,7 +119,9 @@ class LinCSwin(LinBackboneBase):
         self.stage_strides = [4 * 2 ** i for i in range(self.num_stages)]
         self.stage1_conv_embed = nn.Sequential(nn.Conv2d(in_channels, c0, 7, 4, 2), _Tokens(), nn.LayerNorm(c0))
         dpr = drop_path_rates(depths, drop_path_rate)
-        for i in range(self.num_stages):
+        # stages after the last returned one are not built: they would never get a gradient
+        self.num_built = max(self.out_indices) + 1
+        for i in range(self.num_built):
             cfg = dict(cfgs[i])
             if cfg['type'] == 'cswin':
                 cfg.setdefault('split_size', split_size[i])
@@ -133,6 +135,8 @@ class LinCSwin(LinBackboneBase):
         self.init_weights()
 
     def _stage_modules(self, i: int) -> List[nn.Module]:
+        if i >= self.num_built:
+            return []
         mods = [getattr(self, f'stage{i + 1}'), self.stage1_conv_embed if i == 0 else getattr(self, f'merge{i}')]
         if i in self.out_indices:
             mods.append(getattr(self, f'norm{i}'))
@@ -146,7 +150,7 @@ class LinCSwin(LinBackboneBase):
         hw = (x.shape[2], x.shape[3])
         x = self.stage1_conv_embed[2](self.stage1_conv_embed[1](x))
         outs = []
-        for i in range(self.num_stages):
+        for i in range(self.num_built):
             if i > 0:
                 x, hw = getattr(self, f'merge{i}')(x, hw)
             for blk in getattr(self, f'stage{i + 1}'):

@@ -12,7 +12,8 @@ windows. Names follow the official checkpoints (``patch_embed``, ``layers.{i}.bl
 model has a single final ``norm`` (converted to ``norm3``).
 
 Any H x W: patch embedding and merging pad to even sizes, window attention pads to whole windows and
-crops back, global attention runs on the real grid.
+crops back, global attention runs on the real grid. Only the stages up to the last of ``out_indices`` are built
+(later ones, and the last one's downsampling, would never get a gradient).
 """
 from __future__ import annotations
 
@@ -162,15 +163,19 @@ class LinSwin(LinBackboneBase):
         self.patch_embed = PatchEmbed(in_channels, c0, 4, norm_eps=1e-5)
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = drop_path_rates(depths, drop_path_rate)
+        # stages after the last returned one (and its downsample) are not built: they would get no gradient
+        last = max(self.out_indices)
         self.layers = nn.ModuleList([
             SwinStage(dims[i], depths[i], heads[i], block_cfgs[i], windows[i], mlp_ratio, qkv_bias, drop_rate,
-                      attn_drop_rate, dpr[i], downsample=i < self.num_stages - 1, with_cp=with_cp)
-            for i in range(self.num_stages)])
+                      attn_drop_rate, dpr[i], downsample=i < last, with_cp=with_cp)
+            for i in range(last + 1)])
         for i in self.out_indices:
             self.add_module(f'norm{i}', nn.LayerNorm(dims[i]))
         self.init_weights()
 
     def _stage_modules(self, i: int) -> List[nn.Module]:
+        if i >= len(self.layers):
+            return []
         mods = [self.layers[i]]
         if i == 0:
             mods.append(self.patch_embed)

@@ -63,7 +63,8 @@ class LinViT(LinBackboneBase):
             attn_cfg=dict(type='taylorshift', mode='efficient')`` keeps ``output_normalized=True``).
         patch_size: 16. pretrain_img_size: size the position table is defined for; default the preset's
             (224 / 288 / 448 for InLine-DeiT T / S / B), 224 for a dict arch.
-        out_indices: pyramid levels returned (0..3 = strides 4, 8, 16, 32); channels C/4, C/2, C, C.
+        out_indices: pyramid levels returned (0..3 = strides 4, 8, 16, 32); channels C/4, C/2, C, C. Only
+            the branches of these levels are built (``fpn1`` / ``fpn2`` hold parameters).
         frozen_stages: k >= 0 freezes the patch embedding, the position table and the first (k+1)/4 of the
             blocks. Others as :class:`LinPVT`.
     """
@@ -105,11 +106,16 @@ class LinViT(LinBackboneBase):
         self.blocks = nn.ModuleList([Block(c, heads, attn_cfg, mlp_ratio, qkv_bias, drop_rate, attn_drop_rate,
                                            dpr[j], with_cp=with_cp) for j in range(depth)])
         self.norm = nn.LayerNorm(c, eps=1e-6)
-        self.fpn1 = nn.Sequential(nn.ConvTranspose2d(c, c // 2, 2, 2), LayerNorm2d(c // 2), nn.GELU(),
-                                  nn.ConvTranspose2d(c // 2, c // 4, 2, 2))
-        self.fpn2 = nn.ConvTranspose2d(c, c // 2, 2, 2)
-        self.fpn3 = nn.Identity()
-        self.fpn4 = nn.MaxPool2d(2, ceil_mode=True)
+        # only the pyramid branches that out_indices returns (an unused branch would never get a gradient)
+        if 0 in self.out_indices:
+            self.fpn1 = nn.Sequential(nn.ConvTranspose2d(c, c // 2, 2, 2), LayerNorm2d(c // 2), nn.GELU(),
+                                      nn.ConvTranspose2d(c // 2, c // 4, 2, 2))
+        if 1 in self.out_indices:
+            self.fpn2 = nn.ConvTranspose2d(c, c // 2, 2, 2)
+        if 2 in self.out_indices:
+            self.fpn3 = nn.Identity()
+        if 3 in self.out_indices:
+            self.fpn4 = nn.MaxPool2d(2, ceil_mode=True)
         self.init_weights()
 
     def _stage_modules(self, i: int) -> List[nn.Module]:
@@ -128,12 +134,11 @@ class LinViT(LinBackboneBase):
         for blk in self.blocks:
             x = blk(x, hw)
         m = tokens_to_map(self.norm(x), hw)
-        fpn = (self.fpn1, self.fpn2, self.fpn3, self.fpn4)
         outs = []
         for i in self.out_indices:
             s = self.stage_strides[i]
             # the patch embedding padded the image to a multiple of 16: crop back to ceil(H / stride)
-            outs.append(fpn[i](m)[..., :-(-in_hw[0] // s), :-(-in_hw[1] // s)])
+            outs.append(getattr(self, f'fpn{i + 1}')(m)[..., :-(-in_hw[0] // s), :-(-in_hw[1] // s)])
         return tuple(outs)
 
     def pretrained_new_keys(self) -> List[str]:
