@@ -10,6 +10,7 @@ from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 
 from linattn_mm.layers import build_attention
+from linattn_mm.ops._utils import is_exporting
 
 
 class PatchEmbed(nn.Module):
@@ -33,7 +34,7 @@ class PatchEmbed(nn.Module):
     def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
         h, w = x.shape[-2:]
         s = self.stride
-        if not self.overlap and (h % s or w % s):
+        if not self.overlap and (is_exporting() or h % s or w % s):  # exporting: pad by a symbolic amount
             x = F.pad(x, (0, (-w) % s, 0, (-h) % s))
         x = self.proj(x)
         hw = (x.shape[2], x.shape[3])

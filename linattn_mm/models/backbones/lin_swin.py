@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from linattn_mm.ops._utils import is_exporting
 from linattn_mm.registry import MODELS
 
 from ._base import LinBackboneBase, resolve_arch, stage_attn_cfgs
@@ -43,7 +44,7 @@ class PatchMerging(nn.Module):
         b, _, c = x.shape
         h, w = hw
         x = x.view(b, h, w, c)
-        if h % 2 or w % 2:
+        if is_exporting() or h % 2 or w % 2:  # exporting: pad by a symbolic amount, no branch on it
             x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
         # the official concat order (x0, x1, x2, x3) so checkpoints' reduction weights apply unchanged
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
