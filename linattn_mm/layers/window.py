@@ -53,7 +53,8 @@ def shift_region_ids(hp: int, wp: int, wh: int, ww: int, sh: int, sw: int, devic
     """
     def bands(size: int, win: int, shift: int) -> Tensor:
         i = torch.arange(size, device=device)
-        return (i >= size - win).long() + (i >= size - shift).long() * (shift > 0)
+        band = (i >= size - win).long()
+        return band + (i >= size - shift).long() if shift > 0 else band
 
     return bands(hp, wh, sh)[:, None] * 3 + bands(wp, ww, sw)[None, :]
 
