@@ -71,12 +71,33 @@ class SegmentorLogits(nn.Module):
     def __init__(self, segmentor: nn.Module, norm: nn.Module):
         super().__init__()
         self.segmentor, self.norm = segmentor, norm
+        symbolic_upsample(segmentor)
 
     def forward(self, image: Tensor) -> Tensor:
         seg = self.segmentor
         logits = seg.decode_head(seg.extract_feat(self.norm(image)))
         return F.interpolate(logits, size=image.shape[2:], mode='bilinear',
                              align_corners=seg.decode_head.align_corners)
+
+
+def _upsample_forward(self, x: Tensor) -> Tensor:
+    s = int(self.scale_factor)
+    return F.interpolate(x, size=(x.shape[-2] * s, x.shape[-1] * s), mode=self.mode,
+                         align_corners=self.align_corners)
+
+
+def symbolic_upsample(model: nn.Module) -> None:
+    """mmseg's ``Upsample`` (Semantic FPN's scale heads) computes its output size as ``int(side * scale)``,
+    which an exporter freezes at the example size; for integer scales use ``side * scale`` (the same sizes,
+    the same ``F.interpolate`` call in eager)."""
+    try:
+        from mmseg.models.utils import Upsample
+    except ImportError:  # pragma: no cover - mmseg absent: nothing to patch
+        return
+    import types
+    for m in model.modules():
+        if isinstance(m, Upsample) and not m.size and m.scale_factor and float(m.scale_factor).is_integer():
+            m.forward = types.MethodType(_upsample_forward, m)
 
 
 class BackboneNeck(nn.Module):
