@@ -72,6 +72,7 @@ class SegmentorLogits(nn.Module):
         super().__init__()
         self.segmentor, self.norm = segmentor, norm
         symbolic_upsample(segmentor)
+        symbolic_adaptive_pool(segmentor)
 
     def forward(self, image: Tensor) -> Tensor:
         seg = self.segmentor
@@ -98,6 +99,34 @@ def symbolic_upsample(model: nn.Module) -> None:
     for m in model.modules():
         if isinstance(m, Upsample) and not m.size and m.scale_factor and float(m.scale_factor).is_integer():
             m.forward = types.MethodType(_upsample_forward, m)
+
+
+def _bin_matrix(size, bins: int, like: Tensor) -> Tensor:
+    """``(bins, size)`` averaging matrix of adaptive pooling: bin i covers ``[floor(i*size/bins),
+    ceil((i+1)*size/bins))`` (PyTorch's rule), computed from the symbolic ``size``."""
+    i = torch.arange(bins, device=like.device)[:, None]
+    start = i * size // bins
+    end = ((i + 1) * size + bins - 1) // bins
+    pos = torch.arange(size, device=like.device)[None, :]
+    inside = ((pos >= start) & (pos < end)).to(like.dtype)
+    return inside / inside.sum(-1, keepdim=True)
+
+
+def _adaptive_pool_forward(self, x: Tensor) -> Tensor:
+    bh, bw = (self.output_size, self.output_size) if isinstance(self.output_size, int) else self.output_size
+    bh, bw = bh or x.shape[-2], bw or x.shape[-1]
+    ah, aw = _bin_matrix(x.shape[-2], bh, x), _bin_matrix(x.shape[-1], bw, x)
+    return ah @ x @ aw.transpose(0, 1)
+
+
+def symbolic_adaptive_pool(model: nn.Module) -> None:
+    """ONNX has no adaptive average pooling and the exporters cannot lower it for a symbolic input size
+    (UPerNet's pyramid pooling): write it as ``A_h @ x @ A_w^T`` with averaging matrices built from the size
+    (equal to ``adaptive_avg_pool2d`` up to float rounding)."""
+    import types
+    for m in model.modules():
+        if isinstance(m, nn.AdaptiveAvgPool2d):
+            m.forward = types.MethodType(_adaptive_pool_forward, m)
 
 
 class BackboneNeck(nn.Module):
@@ -331,11 +360,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument('--dynamic', action='store_true', help='dynamic batch, H and W')
     p.add_argument('--exporter', default='auto', choices=['auto', 'dynamo', 'torchscript'])
     p.add_argument('--image', default=None, help='image for the parity check (default: the shipped data)')
+    from mmengine.config import Config, DictAction
+    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+                   help='override config settings, key=value (e.g. model.test_cfg.mode=whole)')
     args = p.parse_args(argv)
-    from mmengine.config import Config
     if not osp.isfile(args.config):
         raise SystemExit(f'error: config file {args.config!r} does not exist')
     cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
     module, kind, info = build_exportable(cfg, args.checkpoint)
     image_path = find_real_image(args.image)
     img = load_image(image_path, info['bgr_to_rgb'])

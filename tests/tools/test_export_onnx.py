@@ -128,3 +128,23 @@ def test_dynamic_export_of_blocked_local_attention_is_refused(tmp_path, attn):
     model = eo.Backbone(tiny(LinViT, attn)).eval()
     with pytest.raises(ValueError, match='without --dynamic'):
         eo.export_onnx(model, torch.randn(1, 3, 96, 96), str(tmp_path / 'a.onnx'), dynamic=True)
+
+
+@pytest.mark.parametrize('bins', [1, 2, 3, 6])
+def test_symbolic_adaptive_pool_matches(bins):
+    m = torch.nn.AdaptiveAvgPool2d(bins)
+    x = torch.randn(2, 4, 7, 13, dtype=torch.float64)
+    ref = m(x)
+    eo.symbolic_adaptive_pool(m)
+    torch.testing.assert_close(m(x), ref)
+
+
+@pytest.mark.slow
+def test_upernet_export_end_to_end(tmp_path, capsys):
+    pytest.importorskip('mmseg')
+    pytest.importorskip('mmcv')
+    cfg = osp.join(ROOT, 'configs/nuclei_seg/upernet_linswin-small-inline_1xb4-150it_nuclei-256x256.py')
+    rc = eo.main([cfg, 'none', str(tmp_path / 'up.onnx'), '--shape', '128', '128', '--dynamic',
+                  '--exporter', 'torchscript', '--image', _real_image(tmp_path)])
+    out = capsys.readouterr().out
+    assert rc == 0, out
