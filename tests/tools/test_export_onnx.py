@@ -55,6 +55,9 @@ def test_backbone_export_parity(tmp_path, fam, attn):
 @pytest.mark.parametrize('attn', SEEDS)
 @pytest.mark.parametrize('fam', sorted(FAMILIES))
 def test_backbone_export_parity_dynamo(tmp_path, fam, attn):
+    if fam == 'swin':
+        pytest.xfail("torch.export cannot prove PatchMerging's strided-slice sizes equal to the padded ones; "
+                     'tools/export_onnx.py falls back to the TorchScript exporter (tested above)')
     _export_and_check(tmp_path, fam, attn, 'dynamo')
 
 
