@@ -10,7 +10,7 @@
 #     -std=c++14/-std=c++17, torch >= 2.10 headers need C++20, so the flag is raised before
 #     building. The build (~13 min on 2 cores) is cached as a wheel outside the repo, keyed by
 #     the mmcv, torch and Python versions, so a second set-up reuses it.
-#   * mmengine, mmdet, mmsegmentation (+ ftfy, regex), timm, pycocotools, pytest and this
+#   * mmengine, mmdet, mmsegmentation (+ ftfy, regex), timm, pycocotools, pytest, onnx + onnxruntime and this
 #     package (editable).
 # A second run on a set-up machine checks the stamp and exits in seconds.
 set -euo pipefail
@@ -44,6 +44,11 @@ PINNED=(
   "prettytable"
   "pytest"
   "pytest-xdist"                 # the suite runs on both cores (make test)
+  # ONNX export and its tests (tools/export_onnx.py); ml_dtypes >= 0.6 needs numpy 2, the OpenMMLab pin is < 2
+  "onnx==1.23.2"
+  "onnxruntime==1.32.0"
+  "onnxscript==0.7.2"             # torch.onnx.export(dynamo=True)
+  "ml_dtypes>=0.5,<0.6"
 )
 
 say()  { printf '[setup] %s\n' "$*"; }

@@ -14,7 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops._utils import split_heads
+from ..ops._utils import is_exporting, split_heads
 
 QKV_LAYOUTS = ('qkv', 'q_kv')
 
@@ -62,6 +62,8 @@ class BaseAttention(nn.Module):
             raise ValueError(f'{name}: x must be (B, N, C={self.embed_dims}), got {tuple(x.shape)}')
         if len(hw_shape) != 2:
             raise ValueError(f'{name}: hw_shape must be (H, W), got {hw_shape!r}')
+        if is_exporting():  # symbolic sizes: int() would freeze them at the example's values
+            return hw_shape[0], hw_shape[1]
         h, w = int(hw_shape[0]), int(hw_shape[1])
         if h * w != x.shape[1]:
             raise ValueError(f'{name}: x has N={x.shape[1]} tokens but hw_shape={tuple(hw_shape)} gives '

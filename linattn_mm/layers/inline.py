@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops._utils import merge_heads
+from ..ops._utils import is_exporting, merge_heads
 from ..ops.inline import inline_attention
 from .base import BaseAttention
 
@@ -51,10 +51,38 @@ class InLineAttention(BaseAttention):
         b, n, c = v.shape
         ks = self.local_kernel_size
         weight = self.residual(self.masked_token_mean(x, key_padding_mask)[..., None])  # (B, ks*ks*C, 1)
+        if is_exporting():
+            return self._local_term_shifted(weight, self.to_map(v, hw, key_padding_mask))
         weight = weight.reshape(b * c, 1, ks, ks)
         vmap = self.to_map(v, hw, key_padding_mask).reshape(1, b * c, hw[0], hw[1])
         out = F.conv2d(vmap, weight, None, padding=ks // 2, groups=b * c)
         return out.reshape(b, c, n).transpose(1, 2)
+
+    def _local_term_shifted(self, weight: Tensor, vmap: Tensor) -> Tensor:
+        """The same depthwise conv as a sum of ``ks * ks`` shifted maps times per-sample weights.
+
+        Used while exporting: a conv whose kernel is computed from the input (``groups = B * C``) has no
+        fixed weight shape, which the TorchScript exporter refuses ("kernel of unknown shape") and which would
+        tie an exported graph to the export batch; this form is plain elementwise ops at any B, H, W.
+
+        Args:
+            weight: ``(B, ks*ks*C, 1)`` generated kernels, ordered ``(C, ks, ks)`` as the conv's weight.
+            vmap: ``(B, C, H, W)`` values (padding zeroed).
+
+        Returns:
+            ``(B, H*W, C)``, equal to the grouped conv up to float rounding.
+        """
+        b, c, h, w = vmap.shape
+        ks = self.local_kernel_size
+        weight = weight.reshape(b, c, ks * ks, 1, 1)
+        p = ks // 2
+        vpad = F.pad(vmap, (p, p, p, p))
+        out = None
+        for i in range(ks):
+            for j in range(ks):
+                term = weight[:, :, i * ks + j] * vpad[:, :, i:i + h, j:j + w]
+                out = term if out is None else out + term
+        return out.flatten(2).transpose(1, 2)
 
     def forward(self, x: Tensor, hw_shape: Sequence[int], key_padding_mask: Optional[Tensor] = None) -> Tensor:
         hw = self.check_input(x, hw_shape, key_padding_mask)

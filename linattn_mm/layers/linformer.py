@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops._utils import merge_heads
+from ..ops._utils import is_exporting, merge_heads
 from ..ops.linformer import linformer_attention
 from .base import BaseAttention
 
@@ -57,7 +57,7 @@ class LinformerProjection(nn.Module):
     def resize(self, p: Tensor, hw: Tuple[int, int]) -> Tensor:
         """``(..., K, h0*w0)`` -> ``(..., K, H*W)``, bilinear on the grid, mass-preserving rescale."""
         h0, w0 = self.ref_hw
-        if tuple(hw) == (h0, w0):
+        if not is_exporting() and tuple(hw) == (h0, w0):  # exporting: always resize (no branch on sizes)
             return p
         lead = p.shape[:-1]
         grid = p.reshape(-1, 1, h0, w0)

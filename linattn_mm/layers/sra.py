@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops._utils import merge_heads
+from ..ops._utils import is_exporting, merge_heads
 from ..ops.softmax import softmax_attention
 from .base import BaseAttention
 
@@ -61,7 +61,7 @@ class SRAttention(BaseAttention):
             # failing below sr_ratio); zeros carry no information, and every padded cell still covers a valid token
             r = self.sr_ratio
             ph, pw = -hw[0] % r, -hw[1] % r
-            if ph or pw:
+            if is_exporting() or ph or pw:  # exporting: pad by a symbolic amount, no branch on it
                 fmap = F.pad(fmap, (0, pw, 0, ph))
                 valid = None if valid is None else F.pad(valid, (0, pw, 0, ph))
             fmap = self.sr(fmap)

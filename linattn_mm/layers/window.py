@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..ops.softmax import softmax_attention
+from ..ops._utils import crop_hw, is_exporting
 from .base import BaseAttention
 
 
@@ -44,14 +45,18 @@ def window_reverse(w: Tensor, wh: int, ww: int, hp: int, wp: int) -> Tensor:
 
 
 def shift_region_ids(hp: int, wp: int, wh: int, ww: int, sh: int, sw: int, device=None) -> Tensor:
-    """Swin's region labels of the rolled grid, ``(Hp, Wp)`` long: tokens may attend only within a label."""
-    ids = torch.zeros(hp, wp, dtype=torch.long, device=device)
-    cnt = 0
-    for hs in (slice(0, -wh), slice(-wh, -sh), slice(-sh, None)):
-        for ws in (slice(0, -ww), slice(-ww, -sw), slice(-sw, None)):
-            ids[hs, ws] = cnt
-            cnt += 1
-    return ids
+    """Swin's region labels of the rolled grid, ``(Hp, Wp)`` long: tokens may attend only within a label.
+
+    Rows ``[0, Hp - wh)``, ``[Hp - wh, Hp - sh)``, ``[Hp - sh, Hp)`` (and the same for columns) are Swin's
+    regions; written with comparisons on ``arange`` rather than slice assignment, so it stays one graph
+    for symbolic ``Hp, Wp`` when exported.
+    """
+    def bands(size: int, win: int, shift: int) -> Tensor:
+        i = torch.arange(size, device=device)
+        band = (i >= size - win).long()
+        return band + (i >= size - shift).long() if shift > 0 else band
+
+    return bands(hp, wh, sh)[:, None] * 3 + bands(wp, ww, sw)[None, :]
 
 
 class WindowAttention(BaseAttention):
@@ -94,26 +99,43 @@ class WindowAttention(BaseAttention):
         b, n, c = x.shape
         wh, ww = self.window_size
         sh, sw = self.shift_size
-        if h <= wh and w <= ww:
-            sh = sw = 0  # one window holds the whole grid: shifting would only cut it apart (as Swin does)
-        hp, wp = -(-h // wh) * wh, -(-w // ww) * ww
+        # ceil without negative operands: ONNX integer division truncates, Python's floors
+        hp, wp = (h + wh - 1) // wh * wh, (w + ww - 1) // ww * ww
         # padding map: user padding + the window padding, rolled and partitioned exactly like the tokens
         pad = torch.zeros(b, h, w, dtype=torch.bool, device=x.device) if key_padding_mask is None \
             else key_padding_mask.view(b, h, w)
         pad = F.pad(pad, (0, wp - w, 0, hp - h), value=True)
         qkv = torch.cat(self.project_qkv(x), -1).view(b, h, w, 3 * c)
         qkv = F.pad(qkv, (0, 0, 0, wp - w, 0, hp - h))
+        # nothing to mask: keep SDPA's fast path (exporting: always mask, a branch on sizes would be frozen)
+        use_mask = is_exporting() or key_padding_mask is not None or hp != h or wp != w
+        if (sh or sw) and is_exporting():
+            # whether the grid fits one window (then no shift, as Swin does) depends on the size: compute both
+            # and select, so the exported graph follows the eager rule at every size
+            fits = (torch.ones((), device=x.device) * h <= wh) & (torch.ones((), device=x.device) * w <= ww)
+            out = torch.where(fits, self._attend(qkv, pad, 0, 0, use_mask),
+                              self._attend(qkv, pad, sh, sw, use_mask))
+        else:
+            if h <= wh and w <= ww:
+                sh = sw = 0  # one window holds the whole grid: shifting would only cut it apart (as Swin does)
+            out = self._attend(qkv, pad, sh, sw, use_mask)
+        out = crop_hw(out, h, w, dims=(1, 2)).reshape(b, n, c)
+        return self.project_out(out)
+
+    def _attend(self, qkv: Tensor, pad: Tensor, sh: int, sw: int, use_mask: bool) -> Tensor:
+        """Window softmax on the padded grid: qkv ``(B, Hp, Wp, 3C)``, pad ``(B, Hp, Wp)`` -> ``(B, Hp, Wp, C)``."""
+        b, hp, wp, c3 = qkv.shape
+        c = c3 // 3
+        wh, ww = self.window_size
         if sh or sw:
             qkv = torch.roll(qkv, (-sh, -sw), dims=(1, 2))
             pad = torch.roll(pad, (-sh, -sw), dims=(1, 2))
         windows = window_partition(qkv, wh, ww)                        # (B*nW, wh*ww, 3C)
-        kpm = window_partition(pad[..., None], wh, ww)[..., 0]          # (B*nW, wh*ww)
-        if key_padding_mask is None and hp == h and wp == w:
-            kpm = None                                                  # nothing to mask: keep SDPA's fast path
+        kpm = window_partition(pad[..., None], wh, ww)[..., 0] if use_mask else None  # (B*nW, wh*ww)
         q, k, v = (self.heads(t) for t in windows.chunk(3, dim=-1))     # (B*nW, H, wh*ww, D)
         attn_mask = self.relative_position_bias().unsqueeze(0).to(q.dtype)  # (1, H, n, n)
         if sh or sw:
-            ids = window_partition(shift_region_ids(hp, wp, wh, ww, sh, sw, x.device)[None, ..., None], wh, ww)
+            ids = window_partition(shift_region_ids(hp, wp, wh, ww, sh, sw, qkv.device)[None, ..., None], wh, ww)
             other = ids[:, :, None, 0] != ids[:, None, :, 0]           # (nW, n, n) True = other region
             other = other.repeat(b, 1, 1)[:, None]                     # (B*nW, 1, n, n)
             attn_mask = attn_mask.masked_fill(other, float('-inf'))
@@ -124,8 +146,7 @@ class WindowAttention(BaseAttention):
         out = window_reverse(out, wh, ww, hp, wp)
         if sh or sw:
             out = torch.roll(out, (sh, sw), dims=(1, 2))
-        out = out[:, :h, :w].reshape(b, n, c)
-        return self.project_out(out)
+        return out
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f', window_size={self.window_size}, shift_size={self.shift_size}'

@@ -24,6 +24,7 @@ from typing import ContextManager, Optional
 import torch
 from torch import Tensor
 
+from ._utils import count_tensor
 from .backend import resolve_backend
 
 
@@ -83,7 +84,7 @@ def _kernelized_torch(phi_q: Tensor, phi_k: Tensor, v: Tensor, key_padding_mask:
         v = v.masked_fill(pad, 0.)   # masked_fill, not a product: garbage (inf) in padding must not leak
         n = (~key_padding_mask).sum(-1).clamp_min(1).to(acc)[:, None, None, None]
     else:
-        n = torch.tensor(float(max(phi_k.shape[2], 1)), dtype=acc, device=v.device)
+        n = count_tensor(phi_k.shape[2], acc, v.device)
     kv = phi_k.transpose(-2, -1) @ v / n                       # (B, H, M, Dv)
     k_mean = phi_k.sum(-2, keepdim=True) / n                   # (B, H, 1, M)
     num = phi_q @ kv

@@ -37,6 +37,52 @@ def check_qkv(q: Tensor, k: Tensor, v: Tensor,
                              f'got {key_padding_mask.dtype}; use mask.bool()')
 
 
+def is_exporting() -> bool:
+    """True while the model is traced for deployment: ``torch.export`` (and so ``torch.onnx.export(dynamo=True)``)
+    or the TorchScript tracer (``torch.onnx.export(dynamo=False)``, ``torch.jit.trace``).
+
+    Sizes are then symbolic (SymInts, or traced tensors under the tracer): code that would branch on them or
+    turn them into Python numbers takes a branch-free form instead, so the exported graph works at every size.
+    Eager and ``torch.compile`` runs are unaffected.
+    """
+    return torch.compiler.is_exporting() or torch.jit.is_tracing()
+
+
+def count_tensor(n, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``max(n, 1)`` for a token count ``n`` (a size) as a 0-d tensor.
+
+    Eager: a constant. Exporting (:func:`is_exporting`): computed from the size in the graph, so an exported
+    model does not keep the count of the export size.
+    """
+    if is_exporting():
+        return (torch.ones((), dtype=dtype, device=device) * n).clamp_min(1.)
+    return torch.tensor(float(max(n, 1)), dtype=dtype, device=device)
+
+
+def size_hint(n) -> int:
+    """The concrete value of a size without recording a guard on it: the example's value for a SymInt under
+    ``torch.export``, the traced value under the TorchScript tracer, ``n`` itself otherwise. For choices that
+    change only the cost, never the result (e.g. TaylorShift's direct/efficient switch)."""
+    if isinstance(n, torch.SymInt):
+        hint = n.node.hint
+        return int(hint) if hint is not None else int(n)
+    return int(n)
+
+
+def crop_hw(x: Tensor, h, w, dims: Tuple[int, int] = (-2, -1)) -> Tensor:
+    """Keep the first ``h`` x ``w`` entries of the two axes ``dims`` (drop bottom/right padding).
+
+    Eager: a slice (a view). Exporting (:func:`is_exporting`): an ``index_select`` of ``arange(h)``, which
+    records no guard on how the symbolic ``h`` compares with the padded size (a slice would freeze that).
+    """
+    if not is_exporting():
+        index = [slice(None)] * x.dim()
+        index[dims[0]], index[dims[1]] = slice(None, h), slice(None, w)
+        return x[tuple(index)]
+    x = x.index_select(dims[0], torch.arange(h, device=x.device))
+    return x.index_select(dims[1], torch.arange(w, device=x.device))
+
+
 def key_keep(key_padding_mask: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
     """``(B, Nk)`` padding mask -> ``(B, 1, Nk, 1)`` weights, 1 for valid keys, 0 for padding."""
     if key_padding_mask is None:
@@ -48,7 +94,7 @@ def valid_count(key_padding_mask: Optional[Tensor], nk: int, dtype: torch.dtype,
                 device: torch.device) -> Tensor:
     """Number of valid keys per sample as ``(B, 1, 1, 1)`` (or a scalar tensor without a mask), >= 1."""
     if key_padding_mask is None:
-        return torch.tensor(float(max(nk, 1)), dtype=dtype, device=device)
+        return count_tensor(nk, dtype, device)
     return (~key_padding_mask).sum(-1).clamp_min(1).to(dtype)[:, None, None, None]
 
 

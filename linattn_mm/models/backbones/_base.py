@@ -16,6 +16,8 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import nn
 
+from linattn_mm.ops._utils import is_exporting
+
 
 class LinBackboneBase(BaseModule):
     """Base of LinPVT / LinSwin / LinViT / LinCSwin. Subclasses fill ``self.stage_channels`` / ``self.stage_strides``
@@ -146,7 +148,7 @@ def resize_pos_embed(pe: torch.Tensor, num_tokens: int) -> torch.Tensor:
 
 def interpolate_pos(pe: torch.Tensor, ref_hw: Sequence[int], hw: Sequence[int]) -> torch.Tensor:
     """Position table defined on ``ref_hw`` -> the actual token grid ``hw`` (bilinear, non-square allowed)."""
-    if tuple(ref_hw) == tuple(hw):
+    if not is_exporting() and tuple(ref_hw) == tuple(hw):  # exporting: always resize (no branch on sizes)
         return pe
     grid = pe.reshape(1, ref_hw[0], ref_hw[1], -1).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=tuple(hw), mode='bilinear', align_corners=False)

@@ -11,6 +11,7 @@ from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 
 from linattn_mm.layers import build_attention
+from linattn_mm.ops._utils import is_exporting
 
 
 class PatchEmbed(nn.Module):
@@ -43,7 +44,7 @@ def pad_to_multiple(x: Tensor, s: int) -> Tensor:
     """Zero-pad ``(B, C, H, W)`` on the bottom/right to multiples of ``s`` (a named function so torch.fx can
     keep its size test as one leaf call)."""
     h, w = x.shape[-2:]
-    if h % s or w % s:
+    if is_exporting() or h % s or w % s:  # exporting: pad by a symbolic amount, no branch on it
         x = F.pad(x, (0, (-w) % s, 0, (-h) % s))
     return x
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from linattn_mm.ops._utils import is_exporting
 from linattn_mm.registry import MODELS
 
 from ._base import LinBackboneBase, resolve_arch, stage_attn_cfgs
@@ -85,7 +86,7 @@ class PatchMerging(nn.Module):
 def pad_to_even(x: Tensor) -> Tensor:
     """Zero-pad ``(B, H, W, C)`` to even H and W (a named function: one leaf call for torch.fx)."""
     h, w = x.shape[1:3]
-    if h % 2 or w % 2:
+    if is_exporting() or h % 2 or w % 2:  # exporting: pad by a symbolic amount, no branch on it
         x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
     return x
 

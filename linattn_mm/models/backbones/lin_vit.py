@@ -32,9 +32,11 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Sequence, Union
 
 import torch
+import torch.nn.functional as F
 from timm.layers import LayerNorm2d, trunc_normal_
 from torch import Tensor, nn
 
+from linattn_mm.ops._utils import crop_hw, is_exporting
 from linattn_mm.registry import MODELS
 
 from ._base import LinBackboneBase, interpolate_pos, resize_pos_embed, resolve_arch
@@ -128,7 +130,7 @@ class LinViT(LinBackboneBase):
         return mods
 
     def forward(self, x: Tensor):
-        in_hw = x.shape[-2:]
+        in_h, in_w = x.shape[-2], x.shape[-1]
         x, hw = self.patch_embed(x)
         x = self.pos_drop(x + interpolate_pos(self.pos_embed, self.pos_hw, hw))
         for blk in self.blocks:
@@ -138,12 +140,21 @@ class LinViT(LinBackboneBase):
         for i in self.out_indices:
             s = self.stage_strides[i]
             # the patch embedding padded the image to a multiple of 16: crop back to ceil(H / stride)
-            outs.append(getattr(self, f'fpn{i + 1}')(m)[..., :-(-in_hw[0] // s), :-(-in_hw[1] // s)])
+            f = self._pool_export if i == 3 and is_exporting() else getattr(self, f'fpn{i + 1}')
+            # (ceil without negative operands: ONNX integer division truncates where Python's floors)
+            outs.append(crop_hw(f(m), (in_h + s - 1) // s, (in_w + s - 1) // s))
         return tuple(outs)
 
     def pretrained_new_keys(self) -> List[str]:
         """The ViTDet pyramid's transposed convs (``fpn1``, ``fpn2``) are not in classification checkpoints."""
         return [k for k in self.state_dict() if k.startswith(('fpn1.', 'fpn2.'))]
+
+    @staticmethod
+    def _pool_export(m: Tensor) -> Tensor:
+        """``fpn4`` (2x2 max-pool, ceil mode) written as -inf padding to even sizes + floor-mode pooling: the
+        same values, without ceil mode's size rule, which the exporter would freeze at the example size."""
+        m = F.pad(m, (0, m.shape[-1] % 2, 0, m.shape[-2] % 2), value=float('-inf'))
+        return F.max_pool2d(m, 2)
 
     def convert_official(self, state_dict: Dict[str, Tensor]) -> Dict[str, Tensor]:
         """Official InLine-DeiT / TaylorShift-ViT (timm layout) -> ours: drop ``head``/``cls_token`` (and

@@ -23,7 +23,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .._utils import check_qkv
+from .._utils import check_qkv, count_tensor
 from ..backend import resolve_backend
 from ._kernels import apply_kernel
 
@@ -37,7 +37,7 @@ def _valid_count(key_padding_mask: Optional[Tensor], k: Tensor) -> Tensor:
     # counts never live in half precision: 65,536 keys is already past the fp16 maximum (65,504)
     acc = _acc_dtype(k.dtype)
     if key_padding_mask is None:
-        return torch.tensor(float(max(k.shape[2], 1)), dtype=acc, device=k.device)
+        return count_tensor(k.shape[2], acc, k.device)
     return (~key_padding_mask).sum(-1).clamp_min(1).to(acc)[:, None, None, None]
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .._kernelized import acc_dtype
-from .._utils import check_qkv
+from .._utils import check_qkv, is_exporting, size_hint
 from ..softmax import softmax_attention
 from ._common import nystrom_kernels
 
@@ -53,7 +53,9 @@ def nystrom_attention(q: Tensor, k: Tensor, v: Tensor, num_landmarks: int = 64, 
     """
     check_qkv(q, k, v, key_padding_mask, name='nystrom_attention')
     _check(q, k, num_landmarks, pinv_iters, 'nystrom_attention')
-    if k.shape[2] <= num_landmarks:
+    # exporting: decided once by the example's length (no guard on the symbolic size); the exported graph keeps
+    # that choice, so export at a size where every stage has more tokens than landmarks (README, deployment)
+    if (size_hint(k.shape[2]) if is_exporting() else k.shape[2]) <= num_landmarks:
         return softmax_attention(q, k, v, key_padding_mask=key_padding_mask)
     acc = acc_dtype(v.dtype)
     qa, ka, va = (t.to(acc) for t in (q, k, v))

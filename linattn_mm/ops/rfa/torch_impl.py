@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._kernelized import acc_dtype, fp32_island
-from .._utils import check_qkv
+from .._utils import check_qkv, count_tensor
 
 KERNELS = ('gaussian', 'arccos')
 
@@ -72,7 +72,7 @@ def rfa_features(x: Tensor, features: Tensor, kernel: str = 'gaussian', normaliz
 
 def _masked(phi_k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor]) -> Tuple[Tensor, Tensor, Tensor]:
     if key_padding_mask is None:
-        return phi_k, v, torch.tensor(float(max(phi_k.shape[2], 1)), dtype=phi_k.dtype, device=phi_k.device)
+        return phi_k, v, count_tensor(phi_k.shape[2], phi_k.dtype, phi_k.device)
     pad = key_padding_mask[:, None, :, None]
     n = (~key_padding_mask).sum(-1).clamp_min(1).to(phi_k.dtype)[:, None, None, None]
     return phi_k.masked_fill(pad, 0.), v.masked_fill(pad, 0.), n

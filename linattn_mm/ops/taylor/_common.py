@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._utils import count_tensor
+
 VALID_MODES = ('auto', 'direct', 'efficient')
 
 
@@ -59,7 +61,7 @@ def valid_count(key_padding_mask: Optional[Tensor], k: Tensor) -> Tensor:
     (never in half precision: N = 65,536 is past the fp16 maximum)."""
     acc = acc_dtype(k.dtype)
     if key_padding_mask is None:
-        return torch.tensor(float(max(k.shape[2], 1)), dtype=acc, device=k.device).view(1, 1, 1, 1)
+        return count_tensor(k.shape[2], acc, k.device).view(1, 1, 1, 1)
     return (~key_padding_mask).sum(-1).clamp_min(1).to(acc)[:, None, None, None]
 
 

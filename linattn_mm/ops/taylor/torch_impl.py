@@ -29,7 +29,7 @@ from typing import Optional, Union
 import torch
 from torch import Tensor
 
-from .._utils import check_qkv, zero_empty_rows
+from .._utils import check_qkv, is_exporting, size_hint, zero_empty_rows
 from ..backend import BACKENDS, resolve_backend
 from ._common import (check_mode, check_temperature, output_scale, taylor_exp, unit_qk,
                       valid_count)
@@ -142,7 +142,10 @@ def taylor_attention(q: Tensor, k: Tensor, v: Tensor, temperature: Union[None, f
     tau = check_temperature(temperature, q, name)
     d = q.shape[-1]
     if mode == 'auto':
-        mode = 'efficient' if k.shape[2] > (taylor_crossover(d) if n0 is None else n0) else 'direct'
+        # exporting: chosen once by the example's length (no guard on the symbolic size); both paths compute
+        # the same function, so the exported graph is right at every size, only its cost follows this choice
+        nk = size_hint(k.shape[2]) if is_exporting() else k.shape[2]
+        mode = 'efficient' if nk > (taylor_crossover(d) if n0 is None else n0) else 'direct'
     if backend not in BACKENDS:
         raise ValueError(f'{name}: unknown backend {backend!r}; choose one of {BACKENDS}')
     if backend == 'triton' and mode == 'direct':
