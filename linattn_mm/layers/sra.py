@@ -60,7 +60,7 @@ class SRAttention(BaseAttention):
             # pad to a multiple of sr_ratio (official PVT floors, dropping the last rows/cols as keys and
             # failing below sr_ratio); zeros carry no information, and every padded cell still covers a valid token
             r = self.sr_ratio
-            ph, pw = -hw[0] % r, -hw[1] % r
+            ph, pw = -(-hw[0] // r) * r - hw[0], -(-hw[1] // r) * r - hw[1]  # no `%`: see _blocks.pad_to_multiple
             if ph or pw:
                 fmap = F.pad(fmap, (0, pw, 0, ph))
                 valid = None if valid is None else F.pad(valid, (0, pw, 0, ph))

@@ -69,9 +69,10 @@ def masked_mean(x: Tensor, keep: Optional[Tensor], count: Tensor) -> Tensor:
 def zero_empty_rows(out: Tensor, key_padding_mask: Optional[Tensor]) -> Tensor:
     """Zero the outputs of samples whose keys are all padding (their formula is 0/0)."""
     ok = has_valid(key_padding_mask)
-    if ok is None or bool(ok.all()):
+    if ok is None:
         return out
-    return out * ok.to(out.dtype)
+    # where, not a multiply (0/0 rows may be NaN), and unconditionally: bool(ok.all()) would be a host sync
+    return torch.where(ok, out, out.new_zeros(()))
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:

@@ -12,6 +12,17 @@ from torch import Tensor, nn
 from linattn_mm.layers import build_attention
 
 
+def pad_to_multiple(n: int, s: int) -> int:
+    """Padding that takes ``n`` to the next multiple of ``s``: ``ceil(n / s) * s - n``.
+
+    Written with floor division only, never ``%``: under ``torch.compile`` with dynamic shapes a Python ``%`` on a
+    symbolic size becomes sympy's ``PythonMod``, and once such a size reaches a float scalar of a tensor op (the
+    scale factors of ``F.interpolate``, a token count) inductor's tensorify pass fails with "TensorReferenceAnalysis
+    has no attribute 'python_mod'" (pytorch/pytorch#197716). Floor division is supported there.
+    """
+    return -(-n // s) * s - n
+
+
 class PatchEmbed(nn.Module):
     """Conv patch embedding + LayerNorm that takes any H x W.
 
@@ -31,10 +42,10 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(embed_dims, eps=norm_eps) if norm else nn.Identity()
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
-        h, w = x.shape[-2:]
-        s = self.stride
-        if not self.overlap and (h % s or w % s):
-            x = F.pad(x, (0, (-w) % s, 0, (-h) % s))
+        if not self.overlap:
+            ph, pw = pad_to_multiple(x.shape[-2], self.stride), pad_to_multiple(x.shape[-1], self.stride)
+            if ph or pw:
+                x = F.pad(x, (0, pw, 0, ph))
         x = self.proj(x)
         hw = (x.shape[2], x.shape[3])
         return self.norm(x.flatten(2).transpose(1, 2)), hw

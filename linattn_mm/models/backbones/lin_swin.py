@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from linattn_mm.registry import MODELS
 
 from ._base import LinBackboneBase, resolve_arch, stage_attn_cfgs
-from ._blocks import Block, PatchEmbed, drop_path_rates, tokens_to_map
+from ._blocks import Block, PatchEmbed, drop_path_rates, pad_to_multiple, tokens_to_map
 
 SWIN_PRESETS: Dict[str, dict] = {
     't': dict(embed_dims=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24]),
@@ -43,8 +43,9 @@ class PatchMerging(nn.Module):
         b, _, c = x.shape
         h, w = hw
         x = x.view(b, h, w, c)
-        if h % 2 or w % 2:
-            x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+        ph, pw = pad_to_multiple(h, 2), pad_to_multiple(w, 2)
+        if ph or pw:
+            x = F.pad(x, (0, 0, 0, pw, 0, ph))
         # the official concat order (x0, x1, x2, x3) so checkpoints' reduction weights apply unchanged
         x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], -1)
         return self.reduction(self.norm(x.flatten(1, 2))), (x.shape[1], x.shape[2])
