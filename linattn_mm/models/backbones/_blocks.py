@@ -69,6 +69,8 @@ class Block(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(dim, eps=norm_eps)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop)
+        if drop == 0:  # nn.Dropout(0) still dispatches an op per call (a launch per call on a GPU)
+            self.mlp.drop1 = self.mlp.drop2 = nn.Identity()
         self.with_cp = with_cp
 
     def _forward(self, x: Tensor, hw: Sequence[int]) -> Tensor:
