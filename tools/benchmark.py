@@ -429,7 +429,8 @@ def bench_backbones(args, device, dtype) -> List[Dict]:
                 if args.arch:
                     kw['arch'] = args.arch
                 model = cls(**kw)
-            model = model.to(device).train()
+            model = model.to(device)
+            model.train()  # not chained: mmdet's SwinTransformer.train() returns None
             x = torch.randn(args.batch, 3, h, w, device=device, requires_grad=False)
             params = list(model.parameters())
             for mode in args.modes:

@@ -52,7 +52,7 @@ class BaseAttention(nn.Module):
             self.kv = nn.Linear(embed_dims, embed_dims * 2, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
         self.proj = nn.Linear(embed_dims, embed_dims)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = nn.Dropout(proj_drop) if proj_drop > 0 else nn.Identity()  # p=0 still costs an op
 
     # ----------------------------------------------------------------------------------------- helpers
     def check_input(self, x: Tensor, hw_shape: Sequence[int], key_padding_mask: Optional[Tensor]) -> Tuple[int, int]:

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops._utils import is_exporting, merge_heads
+from ..ops._utils import is_exporting, merge_heads, pad_amount
 from ..ops.softmax import softmax_attention
 from .base import BaseAttention
 
@@ -60,7 +60,7 @@ class SRAttention(BaseAttention):
             # pad to a multiple of sr_ratio (official PVT floors, dropping the last rows/cols as keys and
             # failing below sr_ratio); zeros carry no information, and every padded cell still covers a valid token
             r = self.sr_ratio
-            ph, pw = -hw[0] % r, -hw[1] % r
+            ph, pw = pad_amount(hw[0], r), pad_amount(hw[1], r)  # no `%`: see ops._utils.pad_amount
             if is_exporting() or ph or pw:  # exporting: pad by a symbolic amount, no branch on it
                 fmap = F.pad(fmap, (0, pw, 0, ph))
                 valid = None if valid is None else F.pad(valid, (0, pw, 0, ph))

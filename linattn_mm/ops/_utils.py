@@ -115,9 +115,10 @@ def masked_mean(x: Tensor, keep: Optional[Tensor], count: Tensor) -> Tensor:
 def zero_empty_rows(out: Tensor, key_padding_mask: Optional[Tensor]) -> Tensor:
     """Zero the outputs of samples whose keys are all padding (their formula is 0/0)."""
     ok = has_valid(key_padding_mask)
-    if ok is None or (not ok.is_meta and bool(ok.all())):  # meta tensors have no values: apply it
+    if ok is None:
         return out
-    return out * ok.to(out.dtype)
+    # where, not a multiply (0/0 rows may be NaN), and unconditionally: bool(ok.all()) would be a host sync
+    return torch.where(ok, out, out.new_zeros(()))
 
 
 def split_heads(x: Tensor, num_heads: int) -> Tensor:
@@ -135,3 +136,14 @@ def merge_heads(x: Tensor) -> Tensor:
 def upcast(*ts: Tensor) -> Tuple[Tensor, ...]:
     """Cast half-precision tensors to float32 (for fp32 islands); float32/64 pass through."""
     return tuple(t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in ts)
+
+
+def pad_amount(n: int, s: int) -> int:
+    """Padding that takes ``n`` to the next multiple of ``s``: ``ceil(n / s) * s - n``.
+
+    Written with floor division only, never ``%``: under ``torch.compile`` with dynamic shapes a Python ``%`` on a
+    symbolic size becomes sympy's ``PythonMod``, and once such a size reaches a float scalar of a tensor op (the
+    scale factors of ``F.interpolate``, a token count) inductor's tensorify pass fails with "TensorReferenceAnalysis
+    has no attribute 'python_mod'" (pytorch/pytorch#197716). Floor division is supported there.
+    """
+    return -(-n // s) * s - n

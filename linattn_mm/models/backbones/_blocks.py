@@ -11,7 +11,7 @@ from timm.layers import DropPath, Mlp
 from torch import Tensor, nn
 
 from linattn_mm.layers import build_attention
-from linattn_mm.ops._utils import is_exporting
+from linattn_mm.ops._utils import is_exporting, pad_amount
 
 
 class PatchEmbed(nn.Module):
@@ -34,6 +34,7 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
         if not self.overlap:
+        if not self.overlap:
             x = pad_to_multiple(x, self.stride)
         x = self.proj(x)
         hw = (x.shape[2], x.shape[3])
@@ -43,9 +44,9 @@ class PatchEmbed(nn.Module):
 def pad_to_multiple(x: Tensor, s: int) -> Tensor:
     """Zero-pad ``(B, C, H, W)`` on the bottom/right to multiples of ``s`` (a named function so torch.fx can
     keep its size test as one leaf call)."""
-    h, w = x.shape[-2:]
-    if is_exporting() or h % s or w % s:  # exporting: pad by a symbolic amount, no branch on it
-        x = F.pad(x, (0, (-w) % s, 0, (-h) % s))
+    ph, pw = pad_amount(x.shape[-2], s), pad_amount(x.shape[-1], s)
+    if is_exporting() or ph or pw:  # exporting: pad by a symbolic amount, no branch on it
+        x = F.pad(x, (0, pw, 0, ph))
     return x
 
 
@@ -113,6 +114,11 @@ class Block(nn.Module):
         self.mlp_takes_hw = mlp != 'plain'
         self.mlp = Mlp(dim, int(dim * mlp_ratio), drop=drop) if mlp == 'plain' else \
             DWConvMlp(dim, int(dim * mlp_ratio), drop=drop, extra_relu=mlp == 'dwconv_relu')
+        if drop == 0:  # nn.Dropout(0) still dispatches an op per call (a launch per call on a GPU)
+            if mlp == 'plain':
+                self.mlp.drop1 = self.mlp.drop2 = nn.Identity()
+            else:
+                self.mlp.drop = nn.Identity()
         self.with_cp = with_cp
 
     def _forward(self, x: Tensor, hw: Sequence[int]) -> Tensor:

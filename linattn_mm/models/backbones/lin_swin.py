@@ -28,7 +28,7 @@ from linattn_mm.ops._utils import is_exporting
 from linattn_mm.registry import MODELS
 
 from ._base import LinBackboneBase, resolve_arch, stage_attn_cfgs
-from ._blocks import Block, PatchEmbed, drop_path_rates, tokens_to_map
+from ._blocks import Block, PatchEmbed, drop_path_rates, pad_amount, tokens_to_map
 
 SWIN_PRESETS: Dict[str, dict] = {
     # official cfgs/inline_swin_{t,s,b,b_384}.yaml: ATTN_TYPE and the window of 'S' blocks
@@ -85,9 +85,9 @@ class PatchMerging(nn.Module):
 
 def pad_to_even(x: Tensor) -> Tensor:
     """Zero-pad ``(B, H, W, C)`` to even H and W (a named function: one leaf call for torch.fx)."""
-    h, w = x.shape[1:3]
-    if is_exporting() or h % 2 or w % 2:  # exporting: pad by a symbolic amount, no branch on it
-        x = F.pad(x, (0, 0, 0, w % 2, 0, h % 2))
+    ph, pw = pad_amount(x.shape[1], 2), pad_amount(x.shape[2], 2)  # no `%` on sizes: see pad_amount
+    if is_exporting() or ph or pw:  # exporting: pad by a symbolic amount, no branch on it
+        x = F.pad(x, (0, 0, 0, pw, 0, ph))
     return x
 
 

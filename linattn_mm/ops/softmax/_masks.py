@@ -15,7 +15,7 @@ def combine_masks(q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor],
       allowed key are switched fully on (so softmax stays finite) and reported through ``row_ok``.
     * ``bias``: float additive bias (finite everywhere) or None.
     * ``row_ok``: bool ``(B|1, H|1, Nq|1, 1)``, False for query rows that had no allowed key at all;
-      their outputs must be zeroed by the caller. None when every row is fine.
+      their outputs must be zeroed by the caller. None when there is no mask at all.
     """
     allowed: Optional[Tensor] = None
     bias: Optional[Tensor] = None
@@ -25,17 +25,15 @@ def combine_masks(q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor],
         if attn_mask.dtype == torch.bool:
             allowed = ~attn_mask
         else:
-            finite = attn_mask != float('-inf')
+            allowed = attn_mask != float('-inf')
             # -inf entries are masks, not biases: keep them out of the arithmetic (no inf - inf)
-            bias = attn_mask.masked_fill(~finite, 0.).to(q.dtype)
-            if finite.is_meta or not bool(finite.all()):  # meta tensors have no values: keep the mask
-                allowed = finite
+            bias = attn_mask.masked_fill(~allowed, 0.).to(q.dtype)
     if key_padding_mask is not None:
         kp = ~key_padding_mask[:, None, None, :]
         allowed = kp if allowed is None else allowed & kp
     if allowed is None:
         return None, bias, None
+    # unconditionally, without asking the device whether any row is empty: bool(tensor) would be a host sync
+    # (and a graph break under torch.compile) in every forward
     row_ok = allowed.any(-1, keepdim=True)
-    if not row_ok.is_meta and bool(row_ok.all()):
-        return allowed, bias, None
     return allowed | ~row_ok, bias, row_ok
