@@ -123,7 +123,7 @@ class CSWinAttention(BaseAttention):
         """Softmax + LePE inside ``(sh, sw)`` stripes of one group; ``(B, N, Cg)`` each -> ``(B, N, Cg)``."""
         (h, w), (sh, sw) = hw, stripe
         b, n, c = q.shape
-        hp, wp = -(-h // sh) * sh, -(-w // sw) * sw
+        hp, wp = (h + sh - 1) // sh * sh, (w + sw - 1) // sw * sw  # ceil, no negative operands (ONNX)
         top, left = (hp - h) // 2, (wp - w) // 2           # symmetric padding, as CSWin's dense backbones
         pads = (left, wp - w - left, top, hp - h - top)
         qkv = F.pad(torch.cat([q, k, v], -1).view(b, h, w, 3 * c), (0, 0) + pads)

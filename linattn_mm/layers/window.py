@@ -101,14 +101,19 @@ class WindowAttention(BaseAttention):
         sh, sw = self.shift_size
         # ceil without negative operands: ONNX integer division truncates, Python's floors
         hp, wp = (h + wh - 1) // wh * wh, (w + ww - 1) // ww * ww
-        # padding map: user padding + the window padding, rolled and partitioned exactly like the tokens
-        pad = torch.zeros(b, h, w, dtype=torch.bool, device=x.device) if key_padding_mask is None \
-            else key_padding_mask.view(b, h, w)
-        pad = F.pad(pad, (0, wp - w, 0, hp - h), value=True)
-        qkv = torch.cat(self.project_qkv(x), -1).view(b, h, w, 3 * c)
-        qkv = F.pad(qkv, (0, 0, 0, wp - w, 0, hp - h))
         # nothing to mask: keep SDPA's fast path (exporting: always mask, a branch on sizes would be frozen)
-        use_mask = is_exporting() or key_padding_mask is not None or hp != h or wp != w
+        padded = is_exporting() or hp != h or wp != w
+        use_mask = padded or key_padding_mask is not None
+        pad = None
+        if use_mask:
+            # padding map: user padding + the window padding, rolled and partitioned exactly like the tokens
+            pad = torch.zeros(b, h, w, dtype=torch.bool, device=x.device) if key_padding_mask is None \
+                else key_padding_mask.view(b, h, w)
+            pad = F.pad(pad, (0, wp - w, 0, hp - h), value=True)
+        # one fused projection when the layout has it (no split + concatenate)
+        qkv = (self.qkv(x) if self.qkv_layout == 'qkv' else torch.cat(self.project_qkv(x), -1)).view(b, h, w, 3 * c)
+        if padded:
+            qkv = F.pad(qkv, (0, 0, 0, wp - w, 0, hp - h))
         if (sh or sw) and is_exporting():
             # whether the grid fits one window (then no shift, as Swin does) depends on the size: compute both
             # and select, so the exported graph follows the eager rule at every size
@@ -122,16 +127,18 @@ class WindowAttention(BaseAttention):
         out = crop_hw(out, h, w, dims=(1, 2)).reshape(b, n, c)
         return self.project_out(out)
 
-    def _attend(self, qkv: Tensor, pad: Tensor, sh: int, sw: int, use_mask: bool) -> Tensor:
-        """Window softmax on the padded grid: qkv ``(B, Hp, Wp, 3C)``, pad ``(B, Hp, Wp)`` -> ``(B, Hp, Wp, C)``."""
+    def _attend(self, qkv: Tensor, pad: Optional[Tensor], sh: int, sw: int, use_mask: bool) -> Tensor:
+        """Window softmax on the padded grid: qkv ``(B, Hp, Wp, 3C)``, pad ``(B, Hp, Wp)`` (None: nothing to
+        mask) -> ``(B, Hp, Wp, C)``."""
         b, hp, wp, c3 = qkv.shape
         c = c3 // 3
         wh, ww = self.window_size
         if sh or sw:
             qkv = torch.roll(qkv, (-sh, -sw), dims=(1, 2))
-            pad = torch.roll(pad, (-sh, -sw), dims=(1, 2))
+            if pad is not None:
+                pad = torch.roll(pad, (-sh, -sw), dims=(1, 2))
         windows = window_partition(qkv, wh, ww)                        # (B*nW, wh*ww, 3C)
-        kpm = window_partition(pad[..., None], wh, ww)[..., 0] if use_mask else None  # (B*nW, wh*ww)
+        kpm = window_partition(pad[..., None], wh, ww)[..., 0] if pad is not None else None  # (B*nW, wh*ww)
         q, k, v = (self.heads(t) for t in windows.chunk(3, dim=-1))     # (B*nW, H, wh*ww, D)
         attn_mask = self.relative_position_bias().unsqueeze(0).to(q.dtype)  # (1, H, n, n)
         if sh or sw:

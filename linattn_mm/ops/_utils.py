@@ -144,6 +144,8 @@ def pad_amount(n: int, s: int) -> int:
     Written with floor division only, never ``%``: under ``torch.compile`` with dynamic shapes a Python ``%`` on a
     symbolic size becomes sympy's ``PythonMod``, and once such a size reaches a float scalar of a tensor op (the
     scale factors of ``F.interpolate``, a token count) inductor's tensorify pass fails with "TensorReferenceAnalysis
-    has no attribute 'python_mod'" (pytorch/pytorch#197716). Floor division is supported there.
+    has no attribute 'python_mod'" (pytorch/pytorch#197716). Floor division is supported there. No negative
+    operands either: ONNX's integer division truncates where Python's floors, so ``-(-n // s)`` would export
+    wrong.
     """
-    return -(-n // s) * s - n
+    return (n + s - 1) // s * s - n

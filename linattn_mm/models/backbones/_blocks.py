@@ -34,7 +34,6 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Tuple[int, int]]:
         if not self.overlap:
-        if not self.overlap:
             x = pad_to_multiple(x, self.stride)
         x = self.proj(x)
         hw = (x.shape[2], x.shape[3])

@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence, Union
 from torch import Tensor, nn
 
 from linattn_mm.layers import CSWinAttention
+from linattn_mm.ops._utils import pad_amount
 from linattn_mm.registry import MODELS
 
 from ._base import LinBackboneBase, resolve_arch, stage_attn_cfgs
@@ -145,7 +146,7 @@ class LinCSwin(LinBackboneBase):
     def forward(self, x: Tensor):
         h, w = x.shape[-2:]
         # pad to a multiple of 4 so the 7x7/4 stem (padding 2) gives ceil(H/4) x ceil(W/4); a no-op at 224
-        x = nn.functional.pad(x, (0, (-w) % 4, 0, (-h) % 4))
+        x = nn.functional.pad(x, (0, pad_amount(w, 4), 0, pad_amount(h, 4)))  # no `%`: see pad_amount
         x = self.stage1_conv_embed[0](x)
         hw = (x.shape[2], x.shape[3])
         x = self.stage1_conv_embed[2](self.stage1_conv_embed[1](x))
