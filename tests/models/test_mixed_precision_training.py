@@ -22,7 +22,8 @@ TINY = dict(embed_dims=[16, 32, 32, 48], num_heads=[1, 2, 2, 2], mlp_ratios=[2, 
 # options that keep the random-feature / landmark methods meaningful at tiny sizes (as tests/models/test_backbones.py)
 ATTN_OPTS = {'performer': dict(num_features=16), 'nystrom': dict(num_landmarks=8), 'linformer': dict(proj_len=8),
              'longformer': dict(window_size=5), 'bigbird': dict(num_random_blocks=1),
-             'longshort': dict(num_landmarks=4), 'rfa': dict(num_features=16)}
+             'longshort': dict(num_landmarks=4), 'rfa': dict(num_features=16),
+             'cswin': dict(split_size=None)}  # stripes need an even head count; stage 1 here has one head
 FP16_STEPS, BF16_STEPS = 16, 8
 
 
