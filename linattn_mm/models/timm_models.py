@@ -34,6 +34,7 @@ from timm.models._registry import get_pretrained_cfg
 from torch import Tensor, nn
 
 from linattn_mm.layers import ATTENTIONS
+from linattn_mm.ops._utils import crop_hw
 
 from .backbones import LinCSwin, LinPVT, LinSwin, LinViT
 from .backbones import _base as _bb_base
@@ -51,7 +52,7 @@ SCRIPT_UNSUPPORTED = (
 # shape-dependent control flow runs eagerly), as are the small helpers that branch on sizes.
 for _attn_cls in ATTENTIONS.values():
     register_notrace_module(_attn_cls)
-for _fn in (_bb_blocks.pad_to_multiple, _bb_base.interpolate_pos, _bb_swin.pad_to_even):
+for _fn in (_bb_blocks.pad_to_multiple, _bb_base.interpolate_pos, _bb_swin.pad_to_even, crop_hw):
     register_notrace_function(_fn)
 
 
