@@ -61,21 +61,27 @@ def _det_batch(h=64, w=96):
     return dict(inputs=[torch.randint(0, 255, (3, h, w), dtype=torch.uint8)], data_samples=[sample])
 
 
-@pytest.mark.parametrize('attn', SEEDS)
-@pytest.mark.parametrize('family', list(SMALL))
-def test_stock_mask_rcnn_trains_a_step_with_our_backbone(tmp_path, family, attn):
+def det_train_step(model_cfg):
+    """Build an mmdet detector (default scope mmdet), one loss + backward on :func:`_det_batch`; the model."""
     from mmdet.registry import MODELS
-    cfg = stock(tmp_path, 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py')
-    init_default_scope('mmdet')
-    model_cfg = swap_backbone(copy.deepcopy(cfg.model), family, attn, 'neck')
     model = MODELS.build(model_cfg)
     model.init_weights()
     model.train()
     data = model.data_preprocessor(_det_batch(), training=True)
-    losses = model.loss(data["inputs"], data["data_samples"])
+    losses = model.loss(data['inputs'], data['data_samples'])
     total = sum(v.sum() if isinstance(v, torch.Tensor) else sum(v) for k, v in losses.items() if 'loss' in k)
     assert torch.isfinite(total)
     total.backward()
+    return model
+
+
+@pytest.mark.parametrize('attn', SEEDS)
+@pytest.mark.parametrize('family', list(SMALL))
+def test_stock_mask_rcnn_trains_a_step_with_our_backbone(tmp_path, family, attn):
+    cfg = stock(tmp_path, 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py')
+    init_default_scope('mmdet')
+    model_cfg = swap_backbone(copy.deepcopy(cfg.model), family, attn, 'neck')
+    model = det_train_step(model_cfg)
     assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
 
 

@@ -5,13 +5,12 @@ with all four levels, for every backbone family."""
 import copy
 
 import pytest
-import torch
 
 mmdet = pytest.importorskip('mmdet')
 from mmengine.registry import init_default_scope  # noqa: E402
 
 from linattn_mm.models.backbones import LinCSwin, LinPVT, LinSwin, LinViT  # noqa: E402
-from tests.models.test_mm_integration import SMALL, _det_batch, stock  # noqa: E402
+from tests.models.test_mm_integration import SMALL, det_train_step, stock  # noqa: E402
 
 CLASSES = {'LinPVT': LinPVT, 'LinSwin': LinSwin, 'LinViT': LinViT, 'LinCSwin': LinCSwin}
 
@@ -57,20 +56,12 @@ STOCK = {
 @pytest.mark.parametrize('family', list(SMALL))
 @pytest.mark.parametrize('det', list(STOCK))
 def test_stock_config_step_gives_every_backbone_parameter_a_gradient(tmp_path, det, family):
-    from mmdet.registry import MODELS
     base, out_indices, adapt = STOCK[det]
     cfg = copy.deepcopy(stock(tmp_path, base).model)
     init_default_scope('mmdet')
     bb = dict(type=f'linattn_mm.{family}', attn_cfg=dict(type='inline'), out_indices=out_indices, **SMALL[family])
     cfg.backbone = bb
     adapt(cfg, CLASSES[family](**{k: v for k, v in bb.items() if k != 'type'}).out_channels)
-    model = MODELS.build(cfg)
-    model.init_weights()
-    model.train()
-    data = model.data_preprocessor(_det_batch(), training=True)
-    losses = model.loss(data['inputs'], data['data_samples'])
-    total = sum(v.sum() if isinstance(v, torch.Tensor) else sum(v) for k, v in losses.items() if 'loss' in k)
-    assert torch.isfinite(total)
-    total.backward()
+    model = det_train_step(cfg)
     no_grad = [n for n, p in model.backbone.named_parameters() if p.requires_grad and p.grad is None]
     assert not no_grad, f'{family} in {det}: no gradient for {no_grad}'

@@ -6,14 +6,13 @@ import torch
 
 timm = pytest.importorskip('timm')
 import linattn_mm.models  # noqa: E402,F401  (registers the models)
+from linattn_mm.models.backbones import LinCSwin, LinPVT, LinSwin, LinViT  # noqa: E402
+from tests.models.test_backbones import TINY as BACKBONE_TINY  # noqa: E402
 
-TINY = {
-    'linpvt_t_inline': dict(arch=dict(embed_dims=[16, 32, 32, 48], num_heads=[1, 2, 2, 2], mlp_ratios=[2, 2, 2, 2],
-                                      depths=[1, 1, 1, 1])),
-    'linswin_t_inline': dict(arch=dict(embed_dims=16, depths=[2, 1, 1, 1], num_heads=[1, 2, 2, 4])),
-    'lindeit_t_inline': dict(arch=dict(embed_dims=32, depth=2, num_heads=2)),
-    'lincswin_t_inline': dict(arch=dict(embed_dims=16, depths=[1, 1, 2, 1], num_heads=[2, 2, 2, 4])),
-}
+# the backbone test suite's tiny archs, by timm model name
+TINY = {name: dict(arch=BACKBONE_TINY[cls]['arch']) for name, cls in (
+    ('linpvt_t_inline', LinPVT), ('linswin_t_inline', LinSwin), ('lindeit_t_inline', LinViT),
+    ('lincswin_t_inline', LinCSwin))}
 NAMES = list(TINY)
 
 

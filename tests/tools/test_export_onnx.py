@@ -112,14 +112,22 @@ def _real_image(tmp_path):
     return path
 
 
-def test_segmenter_export_end_to_end(tmp_path, capsys):
+def _export_nuclei_segmenter(tmp_path, capsys, config: str, out_name: str) -> str:
+    """tools/export_onnx.py on a shipped nuclei segmenter config (random weights, dynamic, TorchScript
+    exporter, parity on a real image); returns what it printed."""
     pytest.importorskip('mmseg')
     pytest.importorskip('mmcv')
-    cfg = osp.join(ROOT, 'configs/nuclei_seg/fpn_linpvt-small-inline_1xb4-150it_nuclei-256x256.py')
-    rc = eo.main([cfg, 'none', str(tmp_path / 'seg.onnx'), '--shape', '128', '128', '--dynamic',
+    cfg = osp.join(ROOT, 'configs/nuclei_seg', config)
+    rc = eo.main([cfg, 'none', str(tmp_path / out_name), '--shape', '128', '128', '--dynamic',
                   '--exporter', 'torchscript', '--image', _real_image(tmp_path)])
     out = capsys.readouterr().out
     assert rc == 0, out
+    return out
+
+
+def test_segmenter_export_end_to_end(tmp_path, capsys):
+    out = _export_nuclei_segmenter(tmp_path, capsys, 'fpn_linpvt-small-inline_1xb4-150it_nuclei-256x256.py',
+                                   'seg.onnx')
     assert 'segmentor' in out and 'OK' in out
     import onnx
     model = onnx.load(str(tmp_path / 'seg.onnx'))
@@ -144,10 +152,4 @@ def test_symbolic_adaptive_pool_matches(bins):
 
 @pytest.mark.slow
 def test_upernet_export_end_to_end(tmp_path, capsys):
-    pytest.importorskip('mmseg')
-    pytest.importorskip('mmcv')
-    cfg = osp.join(ROOT, 'configs/nuclei_seg/upernet_linswin-small-inline_1xb4-150it_nuclei-256x256.py')
-    rc = eo.main([cfg, 'none', str(tmp_path / 'up.onnx'), '--shape', '128', '128', '--dynamic',
-                  '--exporter', 'torchscript', '--image', _real_image(tmp_path)])
-    out = capsys.readouterr().out
-    assert rc == 0, out
+    _export_nuclei_segmenter(tmp_path, capsys, 'upernet_linswin-small-inline_1xb4-150it_nuclei-256x256.py', 'up.onnx')
