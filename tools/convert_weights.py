@@ -30,7 +30,6 @@ MODELS = {
     'inline_cswin': ('LinCSwin', dict()),
     'inline_deit': ('LinViT', dict(attn_cfg=dict(type='inline'))),
     'taylorshift_vit': ('LinViT', dict(attn_cfg=dict(type='taylorshift'))),
-    'inline_cswin': ('LinCSwin', dict()),
 }
 
 
@@ -39,17 +38,15 @@ def build_backbone(model: str, arch: str, attn_type=None, window_size=None):
     if model not in MODELS:
         raise SystemExit(f'error: unknown --model {model!r}; choose from {", ".join(MODELS)}')
     cls_name, kw = MODELS[model]
-    if not hasattr(backbones, cls_name):
-        raise SystemExit(f'error: --model {model} needs linattn_mm.models.backbones.{cls_name}, which this '
-                         f'version does not have')
     kw = dict(kw)
-    if cls_name == 'LinSwin':
-        if attn_type is not None:
-            kw['attn_type'] = attn_type
-        if window_size is not None:
-            kw['window_size'] = window_size
-    elif attn_type is not None or window_size is not None:
-        raise SystemExit(f'error: --attn-type / --window-size apply to --model inline_swin only, not {model}')
+    if attn_type is not None:  # stage letters: LinSwin ('I', 'S', 'M') and LinCSwin ('I', 'S')
+        if cls_name not in ('LinSwin', 'LinCSwin'):
+            raise SystemExit(f'error: --attn-type applies to --model inline_swin / inline_cswin only, not {model}')
+        kw['attn_type'] = attn_type
+    if window_size is not None:
+        if cls_name != 'LinSwin':
+            raise SystemExit(f'error: --window-size applies to --model inline_swin only, not {model}')
+        kw['window_size'] = window_size
     return getattr(backbones, cls_name)(arch=arch, **kw)
 
 
@@ -78,7 +75,8 @@ def main(argv=None):
                    help='preset of the backbone: t s m l (PVT), t s b b_384 (Swin), deit_t deit_s deit_b, '
                         'taylor_t taylor_s')
     p.add_argument('--attn-type', default=None,
-                   help="LinSwin stage letters, default the preset's (official: IIIS, IISS, IIMS2)")
+                   help="LinSwin / LinCSwin stage letters, default the preset's (InLine-Swin IIIS, IISS, "
+                        "IIMS2; InLine-CSwin IISS)")
     p.add_argument('--window-size', type=int, nargs='+', default=None,
                    help="LinSwin window of 'S' blocks (one, or one per stage), default the preset's (7; 12 "
                         "for b_384)")
