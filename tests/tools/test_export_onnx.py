@@ -160,3 +160,19 @@ def test_symbolic_adaptive_pool_matches(bins):
 @pytest.mark.slow
 def test_upernet_export_end_to_end(tmp_path, capsys):
     _export_nuclei_segmenter(tmp_path, capsys, 'upernet_linswin-small-inline_1xb4-150it_nuclei-256x256.py', 'up.onnx')
+
+
+def test_export_table_prints_a_checked_row(tmp_path, capsys):
+    """tools/export_table.py (the README's table): one cheap pair, its row and the summary line."""
+    import export_table
+    out = str(tmp_path / 'table.md')
+    rc = export_table.main(['--families', 'vit', '--attentions', 'linear', '--threads', '1', '--runs', '1',
+                            '--out', out])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    rows = [line for line in open(out).read().splitlines() if line.startswith('| LinViT')]
+    assert len(rows) == 1 and '`linear` | torchscript |' in rows[0] and ' ms |' in rows[0]
+    errors = [float(v) for v in rows[0].split('|')[5:8]]
+    assert max(errors) < 1e-4 and '1 pairs exported, 0 failed' in printed
+    failed = export_table.format_row(dict(family='LinViT', attention='x', exporter='dynamo', error='E: boom'))
+    assert 'E: boom' in failed
