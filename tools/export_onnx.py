@@ -46,9 +46,6 @@ from torch import Tensor, nn  # noqa: E402
 
 MIN_SIDE = 64
 MAX_SIDE = 8192
-# the blocked local-window family turns the token grid into Python ints (tile counts, unfold sizes, BigBird's
-# per-size random pattern): their graphs hold only for the export size
-STATIC_ONLY = ('LongformerAttention', 'BigBirdAttention', 'LongShortAttention')
 REAL_IMAGES = ('data/nuclei/images/validation/*.png', 'data/nuclei/images/training/*.png',
                'data/trees/images/*.png', 'data/trees/images/*.jpg')
 
@@ -202,11 +199,6 @@ def export_onnx(module: nn.Module, example: Tensor, path: str, dynamic: bool = T
     """
     if exporter not in ('auto', 'dynamo', 'torchscript'):
         raise ValueError(f"export_onnx: exporter must be 'auto', 'dynamo' or 'torchscript', got {exporter!r}")
-    static_only = sorted({type(m).__name__ for m in module.modules() if type(m).__name__ in STATIC_ONLY})
-    if dynamic and static_only:
-        raise ValueError(f'export_onnx: {", ".join(static_only)} cannot be exported with dynamic H and W yet '
-                         f'(their tiling fixes the grid size at export); export without --dynamic at the '
-                         f'deployment size, or choose another attention')
     if dynamic and min(example.shape[-2:]) < MIN_SIDE:
         raise ValueError(f'export_onnx: dynamic export needs an example of at least {MIN_SIDE} x {MIN_SIDE} '
                          f'pixels, got {tuple(example.shape[-2:])}; pass --shape with larger sides')

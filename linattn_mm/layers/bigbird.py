@@ -3,11 +3,13 @@ grid: the Longformer layer (2-D window + learned global tokens, BigBird-ETC styl
 per query block, in one softmax per query."""
 from __future__ import annotations
 
+import random
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
 
+from ..ops._utils import is_exporting
 from ..ops.bigbird import bigbird_attention, bigbird_random_blocks, grid_blocks
 from .longformer import LongformerAttention
 
@@ -15,11 +17,12 @@ from .longformer import LongformerAttention
 class BigBirdAttention(LongformerAttention):
     """Window + global + block-sparse random attention. Keys as :class:`LongformerAttention`.
 
-    The random pattern (``(H, nblk, r)``, distinct blocks per head and query block, never the query's own) is
-    drawn from a generator seeded with ``seed`` for the grid at hand, so by default every forward on the same grid
-    uses the same pattern (deterministic, checkpoint- and ``with_cp``-safe, identical for every sample of a
-    batch). With ``redraw=True`` each training forward draws a fresh pattern from the layer's own generator
-    (seeded once with ``seed``); eval always uses the seeded pattern.
+    The random pattern (``(H, nblk, r)``, distinct blocks per head and query block, never the query's own) is a
+    function of (query block, number of blocks, head, ``seed``) computed with tensor ops
+    (:func:`~linattn_mm.ops.bigbird_random_blocks`), so by default every forward on the same grid uses the same
+    pattern (deterministic, checkpoint- and ``with_cp``-safe, identical for every sample of a batch, and the same
+    in an exported graph of any size). With ``redraw=True`` each training forward uses a fresh seed from the
+    layer's own random stream (seeded once with ``seed``); eval always uses ``seed``.
 
     Args:
         num_random_blocks: random key blocks ``r`` per query block (3 in the paper).
@@ -41,20 +44,23 @@ class BigBirdAttention(LongformerAttention):
         self.num_random_blocks = num_random_blocks
         self.seed = seed
         self.redraw = redraw
-        self._generator = torch.Generator().manual_seed(seed)
-        self._patterns: Dict[Tuple[int, int], Tensor] = {}
+        self._rng = random.Random(seed)                                 # seeds of redrawn patterns
+        self._patterns: Dict[Tuple[int, int, str], Tensor] = {}
 
     def random_blocks(self, hw: Tuple[int, int], device=None) -> Tensor:
-        """The ``(H, nblk, r)`` pattern this forward uses on an ``H x W`` grid."""
+        """The ``(H, nblk, r)`` pattern this forward uses on an ``H x W`` grid (``-1`` = empty slot)."""
         ny, nx = grid_blocks(hw, self.window_size, self.block_size)
         if self.redraw and self.training:
-            return bigbird_random_blocks(ny * nx, self.num_random_blocks, self.num_heads, self._generator, device)
-        if (ny, nx) not in self._patterns:
-            gen = torch.Generator().manual_seed(self.seed)
+            return bigbird_random_blocks(ny * nx, self.num_random_blocks, self.num_heads,
+                                         self._rng.randrange(2 ** 31 - 1), device)
+        if is_exporting() or torch.compiler.is_compiling():   # symbolic sizes: computed in the graph
+            return bigbird_random_blocks(ny * nx, self.num_random_blocks, self.num_heads, self.seed, device)
+        key = (ny, nx, str(device))
+        if key not in self._patterns:
             with torch.inference_mode(False):  # a normal tensor: a later training forward may save it
-                self._patterns[(ny, nx)] = bigbird_random_blocks(ny * nx, self.num_random_blocks, self.num_heads,
-                                                                 gen)
-        return self._patterns[(ny, nx)].to(device)
+                self._patterns[key] = bigbird_random_blocks(ny * nx, self.num_random_blocks, self.num_heads,
+                                                            self.seed, device)
+        return self._patterns[key]
 
     def attend(self, q: Tensor, k: Tensor, v: Tensor, hw: Tuple[int, int], kpm: Optional[Tensor]) -> Tensor:
         return bigbird_attention(q, k, v, hw, self.random_blocks(hw, q.device), self.window_size, self.num_global,

@@ -29,13 +29,31 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..ops._utils import merge_heads, split_heads
+from ..ops._utils import is_exporting, merge_heads, split_heads
 from ..ops.inline import inline_attention
 from ..ops.softmax import softmax_attention
 from .base import BaseAttention
 from .window import window_partition, window_reverse
 
 INNER = ('softmax', 'inline')
+
+
+def shifted_local_term(weight: Tensor, vmap: Tensor) -> Tensor:
+    """InLine's per-sample 3x3 depthwise conv as nine shifted products (the export form of
+    :meth:`InLineAttention._local_term_shifted <linattn_mm.layers.inline.InLineAttention._local_term_shifted>`: a
+    conv with a computed kernel and ``groups = B * C`` is refused by the TorchScript exporter and would fix B).
+
+    Args:
+        weight: ``(B, 9 C, 1)`` kernels ordered ``(C, 3, 3)``; vmap: ``(B, C, H, W)``.
+
+    Returns:
+        ``(B, H*W, C)``.
+    """
+    b, c, h, w = vmap.shape
+    weight = weight.reshape(b, c, 9, 1, 1)
+    vpad = F.pad(vmap, (1, 1, 1, 1))
+    out = sum(weight[:, :, 3 * i + j] * vpad[:, :, i:i + h, j:j + w] for i in range(3) for j in range(3))
+    return out.flatten(2).transpose(1, 2)
 
 
 class _StripeGroup(nn.Module):
@@ -93,6 +111,8 @@ class CSWinAttention(BaseAttention):
         h, w = hw
         if self.split_size is None:
             return h, w
+        if is_exporting():  # no clip (a branch on the symbolic size): padding to the stripe gives the same result
+            return (h, self.split_size) if group == 0 else (self.split_size, w)
         # a stripe wider than the map is the whole map (same result as padding it, without the padding)
         return (h, min(self.split_size, w)) if group == 0 else (min(self.split_size, h), w)
 
@@ -129,7 +149,7 @@ class CSWinAttention(BaseAttention):
         qkv = F.pad(torch.cat([q, k, v], -1).view(b, h, w, 3 * c), (0, 0) + pads)
         windows = window_partition(qkv, sh, sw)            # (B*nS, sh*sw, 3Cg)
         kpm = None
-        if key_padding_mask is not None or hp != h or wp != w:
+        if key_padding_mask is not None or is_exporting() or hp != h or wp != w:  # exporting: always mask
             pad = torch.zeros(b, h, w, dtype=torch.bool, device=q.device) if key_padding_mask is None \
                 else key_padding_mask.view(b, h, w)
             kpm = window_partition(F.pad(pad, pads, value=True)[..., None], sh, sw)[..., 0]
@@ -139,7 +159,12 @@ class CSWinAttention(BaseAttention):
         out = merge_heads(softmax_attention(qs, ks, vs, key_padding_mask=kpm, scale=self.scale, dropout_p=p))
         vmap = windows[..., 2 * c:].transpose(1, 2).reshape(-1, c, sh, sw)
         out = out + group.get_v(vmap).flatten(2).transpose(1, 2)
-        out = window_reverse(out, sh, sw, hp, wp)[:, top:top + h, left:left + w]
+        out = window_reverse(out, sh, sw, hp, wp)
+        if is_exporting():  # index_select: a slice would record guards on the symbolic offsets
+            out = out.index_select(1, torch.arange(h, device=out.device) + top)
+            out = out.index_select(2, torch.arange(w, device=out.device) + left)
+        else:
+            out = out[:, top:top + h, left:left + w]
         return out.reshape(b, n, c)
 
     def _inline(self, group: _StripeGroup, q: Tensor, k: Tensor, v: Tensor, src: Tensor, hw: Tuple[int, int],
@@ -151,9 +176,12 @@ class CSWinAttention(BaseAttention):
                                            key_padding_mask=key_padding_mask))
         weight = group.residual(self.masked_token_mean(src, key_padding_mask)[..., None])  # (B, 9Cg, 1)
         vmap = v.transpose(1, 2).reshape(b, c, hw[0], hw[1])
-        local = F.conv2d(vmap.reshape(1, b * c, hw[0], hw[1]), weight.reshape(b * c, 1, 3, 3), None, padding=1,
-                         groups=b * c)
-        out = out + local.reshape(b, c, n).transpose(1, 2)
+        if is_exporting():
+            out = out + shifted_local_term(weight, vmap)
+        else:
+            local = F.conv2d(vmap.reshape(1, b * c, hw[0], hw[1]), weight.reshape(b * c, 1, 3, 3), None, padding=1,
+                             groups=b * c)
+            out = out + local.reshape(b, c, n).transpose(1, 2)
         return out + group.get_v(vmap).flatten(2).transpose(1, 2)
 
     def extra_repr(self) -> str:

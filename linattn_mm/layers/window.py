@@ -121,7 +121,7 @@ class WindowAttention(BaseAttention):
             out = torch.where(fits, self._attend(qkv, pad, 0, 0, use_mask),
                               self._attend(qkv, pad, sh, sw, use_mask))
         else:
-            if h <= wh and w <= ww:
+            if (sh or sw) and h <= wh and w <= ww:  # (unshifted: no comparison, which an export would guard)
                 sh = sw = 0  # one window holds the whole grid: shifting would only cut it apart (as Swin does)
             out = self._attend(qkv, pad, sh, sw, use_mask)
         out = crop_hw(out, h, w, dims=(1, 2)).reshape(b, n, c)

@@ -170,6 +170,27 @@ def test_nystrom_is_exact_softmax_for_short_sequences_and_close_for_smooth_ones(
     assert err < 0.05
 
 
+@pytest.mark.parametrize('n', [7, 8, 9, 40])
+@pytest.mark.parametrize('masked', [False, True])
+def test_nystrom_exported_form_matches_eager(monkeypatch, n, masked):
+    """The branch-free form an export takes (exact softmax selected in the graph when N <= m) equals eager on
+    both sides of the switch; and without padding the unmasked kernels equal the masked ones under an all-valid
+    mask (the masks are skipped, not the result changed)."""
+    import linattn_mm.ops.nystrom.torch_impl as impl
+    q, k, v = rand_qkv(2, 2, n, n, 4, seed=12, requires_grad=False)
+    mask = torch.zeros(2, n, dtype=torch.bool)
+    if masked:
+        mask[1, ::3] = True
+    kpm = mask if masked else None
+    ref = nystrom_attention(q, k, v, num_landmarks=8, key_padding_mask=kpm)
+    if not masked:
+        torch.testing.assert_close(ref, nystrom_attention(q, k, v, num_landmarks=8, key_padding_mask=mask))
+    monkeypatch.setattr(impl, 'is_exporting', lambda: True)
+    out = nystrom_attention(q, k, v, num_landmarks=8, key_padding_mask=kpm)
+    valid = ~mask[:, None, :, None]
+    torch.testing.assert_close(out * valid, ref * valid)
+
+
 def test_iterative_pinv_converges():
     a = torch.softmax(torch.randn(3, 16, 16, dtype=torch.float64), -1)
     z = iterative_pinv(a, 20)

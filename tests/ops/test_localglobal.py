@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from linattn_mm import ops
-from linattn_mm.ops.bigbird import bigbird_attention, bigbird_attention_naive, bigbird_random_blocks, grid_blocks
+from linattn_mm.ops.bigbird import (bigbird_attention, bigbird_attention_naive, bigbird_random_blocks,
+                                    bigbird_random_blocks_naive, grid_blocks)
 from linattn_mm.ops.longformer import longformer_attention, longformer_attention_naive
 from linattn_mm.ops.longformer._common import geometry
 from linattn_mm.ops.longshort import longshort_attention, longshort_attention_naive
@@ -53,6 +54,7 @@ CASES = [
     ('bigbird', (7, 5), dict(window_size=(3, 4), block_size=2, num_global=2, r=3)),
     ('bigbird', (7, 5), dict(window_size=3, block_size=(3, 2), exact=False, num_global=1, r=2)),
     ('bigbird', (4, 9), dict(window_size=3, block_size=2, num_global=1, r=2, shared_heads=True)),
+    ('bigbird', (4, 3), dict(window_size=3, num_global=1, r=4)),           # 2 blocks: 3 of the 4 slots empty
     ('longshort', (7, 5), dict(window_size=3, r=3)),
     ('longshort', (7, 5), dict(window_size=(3, 4), block_size=2, r=2, dual_ln=False)),
     ('longshort', (7, 5), dict(window_size=3, block_size=(3, 2), exact=False, r=4, affine=False)),
@@ -91,7 +93,7 @@ def build(name, hw, kw, dtype=torch.float64, seed=0):
     if name == 'bigbird':
         r = kw.pop('r')
         ny, nx = grid_blocks(hw, kw['window_size'], kw.get('block_size'))
-        rb = bigbird_random_blocks(ny * nx, r, 1 if kw.pop('shared_heads', False) else H, generator=_gen(seed + 3))
+        rb = bigbird_random_blocks(ny * nx, r, 1 if kw.pop('shared_heads', False) else H, seed=seed + 3)
         return (functools.partial(_with_hw(bigbird_attention), hw, rb, **kw),
                 functools.partial(_with_hw(bigbird_attention_naive), hw, rb, **kw), (q, k, v), g + n_grid, g)
     r = kw.pop('r')
@@ -177,28 +179,38 @@ def test_window_covering_the_grid_is_full_softmax_and_window_one_is_identity():
 
 
 def test_bigbird_with_every_block_is_full_softmax():
-    """r = nblk - 1: window + all other blocks = every key, each counted once (overlaps deduplicated)."""
+    """r >= nblk - 1: window + all other blocks = every key, each counted once (overlaps deduplicated); the slots
+    beyond the nblk - 1 other blocks are empty (-1)."""
     hw = (7, 5)
     q, k, v = rand_qkv(B, H, 35, 35, D, seed=5, requires_grad=False)
     ny, nx = grid_blocks(hw, 3, 2)
-    rb = bigbird_random_blocks(ny * nx, 1000, H, generator=_gen(0))
-    assert rb.shape == (H, ny * nx, ny * nx - 1)
+    rb = bigbird_random_blocks(ny * nx, ny * nx + 1, H, seed=0)
+    assert rb.shape == (H, ny * nx, ny * nx + 1) and (rb[..., :2] == -1).all() and (rb[..., 2:] >= 0).all()
     mask = _mask(B, 35, seed=6)
     out = bigbird_attention(q, k, v, hw, rb, window_size=3, block_size=2, key_padding_mask=mask)
     torch.testing.assert_close(out, softmax_attention(q, k, v, key_padding_mask=mask))
 
 
+@pytest.mark.parametrize('nb,r,heads,seed', [(40, 5, 3, 7), (1, 3, 2, 0), (3, 5, 2, 1), (12, 11, 2, 2 ** 40)])
+def test_bigbird_random_blocks_match_their_naive_twin(nb, r, heads, seed):
+    torch.testing.assert_close(bigbird_random_blocks(nb, r, heads, seed=seed),
+                               bigbird_random_blocks_naive(nb, r, heads, seed=seed), rtol=0, atol=0)
+
+
 def test_bigbird_random_blocks_are_distinct_seeded_and_skip_their_own_block():
-    rb = bigbird_random_blocks(40, 5, num_heads=3, generator=_gen(7))
+    rb = bigbird_random_blocks(40, 5, num_heads=3, seed=7)
     assert rb.shape == (3, 40, 5) and rb.dtype == torch.long
     own = torch.arange(40)[None, :, None]
-    assert not (rb == own).any()
+    assert not (rb == own).any() and (rb >= 0).all() and (rb < 40).all()
     assert (rb.sort(-1).values.diff(dim=-1) > 0).all()          # distinct within each (head, block)
-    assert torch.equal(rb, bigbird_random_blocks(40, 5, num_heads=3, generator=_gen(7)))
-    assert not torch.equal(rb, bigbird_random_blocks(40, 5, num_heads=3, generator=_gen(8)))
+    assert torch.equal(rb, bigbird_random_blocks(40, 5, num_heads=3, seed=7))
+    assert not torch.equal(rb, bigbird_random_blocks(40, 5, num_heads=3, seed=8))
     assert not torch.equal(rb[0], rb[1])                          # heads get their own pattern
-    counts = torch.bincount(bigbird_random_blocks(8, 3, 200, generator=_gen(9))[:, 0].flatten(), minlength=8)
+    counts = torch.bincount(bigbird_random_blocks(8, 3, 200, seed=9)[:, 0].flatten(), minlength=8)
     assert counts[0] == 0 and counts[1:].min() > 0.6 * counts[1:].max()   # uniform over the other blocks
+    # a generator draws the seed: a new pattern per call, reproducible from the generator's seed
+    a, b = bigbird_random_blocks(40, 5, 3, generator=_gen(1)), bigbird_random_blocks(40, 5, 3, generator=_gen(1))
+    assert torch.equal(a, b) and not torch.equal(a, rb)
 
 
 def test_longshort_far_tokens_reach_a_query_only_through_landmarks():
@@ -258,7 +270,7 @@ def test_no_quadratic_or_unfold_sized_tensor(name):
     if name == 'longformer':
         fn = functools.partial(longformer_attention, hw_shape=hw, window_size=w, num_global=1)
     elif name == 'bigbird':
-        rb = bigbird_random_blocks(g.num_blocks, 2, generator=_gen(0))
+        rb = bigbird_random_blocks(g.num_blocks, 2, seed=0)
         fn = functools.partial(_with_hw(bigbird_attention), hw, rb, window_size=w, num_global=1)
     else:
         q, k, v = (t.detach()[:, :, 1:].requires_grad_() for t in (q, k, v))

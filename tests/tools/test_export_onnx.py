@@ -2,7 +2,9 @@
 onnxruntime at the export size and two other (odd) sizes; a segmenter exports end to end on a real image.
 
 Exports are slow on a 2-core CPU (TorchScript exporter a few seconds for a tiny model, the dynamo exporter
-tens of seconds), so one export per backbone family runs unmarked and the grid is marked ``slow``.
+minutes), so the seed attentions of every family run unmarked (TorchScript exporter) and the rest of the grid is
+marked ``slow``. ``tools/export_table.py`` prints the whole
+table (README, deployment).
 """
 import os
 import os.path as osp
@@ -16,23 +18,23 @@ pytest.importorskip('onnx', reason='onnx is not installed (tools/setup.sh instal
 pytest.importorskip('onnxruntime', reason='onnxruntime is not installed (tools/setup.sh installs it)')
 
 from linattn_mm.layers import ATTENTIONS  # noqa: E402
-from linattn_mm.models.backbones import LinPVT, LinSwin, LinViT  # noqa: E402
+from linattn_mm.models.backbones import LinCSwin, LinPVT, LinSwin, LinViT  # noqa: E402
 from tests.models.test_backbones import tiny  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 sys.path.insert(0, osp.join(ROOT, 'tools'))
 import export_onnx as eo  # noqa: E402
 
-FAMILIES = {'pvt': LinPVT, 'swin': LinSwin, 'vit': LinViT}
+FAMILIES = {'pvt': LinPVT, 'swin': LinSwin, 'vit': LinViT, 'cswin': LinCSwin}
 SEEDS = ('inline', 'taylorshift', 'linformer')
-BLOCKED_LOCAL = ('longformer', 'bigbird', 'longshort')  # static export only (tools/export_onnx.py)
-# export at 96 x 96 (batch 2); check there and at two odd sizes with other batches. At these sizes every stage
-# of the tiny models has more tokens than the tiny Nystrom's landmarks (the one choice fixed at export).
+# export at 96 x 96 (batch 2); check there and at two odd sizes with other batches (the coarsest maps are 2 x 2
+# to 5 x 5 tokens: windows, stripes, BigBird's block counts and Nystrom's short-sequence rule all change)
 SIZES = ((2, 96, 96), (1, 97, 131), (3, 75, 67))
 
 
 def _export_and_check(tmp_path, fam, attn, exporter):
-    model = tiny(FAMILIES[fam], attn).eval()
+    """attn ``'default'``: the family's own attention (LinCSwin: the official 'IISS' stripes + InLine)."""
+    model = tiny(FAMILIES[fam], None if attn == 'default' else attn).eval()
     path = str(tmp_path / f'{fam}_{attn}.onnx')
     used = eo.export_onnx(eo.Backbone(model).eval(), torch.randn(*SIZES[0][:1], 3, *SIZES[0][1:]), path,
                           dynamic=True, exporter=exporter, input_name='x')
@@ -45,8 +47,13 @@ def _export_and_check(tmp_path, fam, attn, exporter):
         assert err < 1e-4, f'{fam}/{attn} ({exporter}) at {b}x{h}x{w}: rel error {err:.2e}'
 
 
-# one per family, unmarked (TorchScript exporter: seconds); together they cover the three seed attentions
-@pytest.mark.parametrize('fam,attn', [('pvt', 'inline'), ('swin', 'linformer'), ('vit', 'taylorshift')])
+UNMARKED = [(fam, attn) for fam in sorted(FAMILIES) for attn in SEEDS]
+
+
+# unmarked (TorchScript exporter: seconds each): the seed attentions in every family. The other pairs (CSwin's
+# own stripes, the local-global family, ...) are in the slow table below; their export-time code paths are
+# checked against eager unmarked by test_exporting_paths_match_eager
+@pytest.mark.parametrize('fam,attn', UNMARKED)
 def test_backbone_export_parity(tmp_path, fam, attn):
     _export_and_check(tmp_path, fam, attn, 'torchscript')
 
@@ -55,16 +62,15 @@ def test_backbone_export_parity(tmp_path, fam, attn):
 @pytest.mark.parametrize('attn', SEEDS)
 @pytest.mark.parametrize('fam', sorted(FAMILIES))
 def test_backbone_export_parity_dynamo(tmp_path, fam, attn):
-    if fam == 'swin':
-        pytest.xfail("torch.export cannot prove PatchMerging's strided-slice sizes equal to the padded ones; "
-                     'tools/export_onnx.py falls back to the TorchScript exporter (tested above)')
     _export_and_check(tmp_path, fam, attn, 'dynamo')
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('attn', sorted(set(ATTENTIONS) - set(BLOCKED_LOCAL)))
+@pytest.mark.parametrize('attn', sorted(ATTENTIONS) + ['default'])
 @pytest.mark.parametrize('fam', sorted(FAMILIES))
 def test_backbone_export_parity_table(tmp_path, fam, attn):
+    if (fam, attn) in UNMARKED or (attn == 'default' and fam != 'cswin'):
+        pytest.skip('unmarked above' if (fam, attn) in UNMARKED else "'default' is CSwin's own attention")
     _export_and_check(tmp_path, fam, attn, 'torchscript')
 
 
@@ -77,13 +83,21 @@ def test_export_rejects_small_dynamic_example(tmp_path):
 def test_exporting_paths_match_eager():
     """The branch-free forms taken while exporting equal the eager ones (here forced on in eager)."""
     import linattn_mm.layers.base as base
+    import linattn_mm.layers.bigbird as bigbird_layer
+    import linattn_mm.layers.cswin as cswin
     import linattn_mm.layers.inline as inline
     import linattn_mm.layers.window as window
     import linattn_mm.models.backbones._blocks as blocks
     import linattn_mm.models.backbones.lin_vit as lin_vit
-    mods = (base, inline, window, blocks, lin_vit)
+    import linattn_mm.ops._utils as utils
+    import linattn_mm.ops.bigbird.torch_impl as bigbird
+    import linattn_mm.ops.longformer._common as local_common
+    import linattn_mm.ops.nystrom.torch_impl as nystrom
+    mods = (base, inline, window, blocks, lin_vit, utils, bigbird_layer, cswin, bigbird, local_common, nystrom)
     x = torch.randn(2, 3, 75, 67)
-    for cls, attn in ((LinPVT, 'inline'), (LinSwin, 'window'), (LinViT, 'inline')):
+    for cls, attn in ((LinPVT, 'inline'), (LinSwin, 'window'), (LinViT, 'inline'), (LinViT, 'bigbird'),
+                      (LinPVT, 'longshort'), (LinSwin, 'longformer'), (LinPVT, 'nystrom'), (LinCSwin, None),
+                      (LinCSwin, 'cswin')):
         m = tiny(cls, attn).eval()
         with torch.no_grad():
             ref = m(x)
@@ -134,13 +148,6 @@ def test_segmenter_export_end_to_end(tmp_path, capsys):
     assert [o.name for o in model.graph.output] == ['seg_logits']
 
 
-@pytest.mark.parametrize('attn', BLOCKED_LOCAL)
-def test_dynamic_export_of_blocked_local_attention_is_refused(tmp_path, attn):
-    model = eo.Backbone(tiny(LinViT, attn)).eval()
-    with pytest.raises(ValueError, match='without --dynamic'):
-        eo.export_onnx(model, torch.randn(1, 3, 96, 96), str(tmp_path / 'a.onnx'), dynamic=True)
-
-
 @pytest.mark.parametrize('bins', [1, 2, 3, 6])
 def test_symbolic_adaptive_pool_matches(bins):
     m = torch.nn.AdaptiveAvgPool2d(bins)
@@ -153,3 +160,19 @@ def test_symbolic_adaptive_pool_matches(bins):
 @pytest.mark.slow
 def test_upernet_export_end_to_end(tmp_path, capsys):
     _export_nuclei_segmenter(tmp_path, capsys, 'upernet_linswin-small-inline_1xb4-150it_nuclei-256x256.py', 'up.onnx')
+
+
+def test_export_table_prints_a_checked_row(tmp_path, capsys):
+    """tools/export_table.py (the README's table): one cheap pair, its row and the summary line."""
+    import export_table
+    out = str(tmp_path / 'table.md')
+    rc = export_table.main(['--families', 'vit', '--attentions', 'linear', '--threads', '1', '--runs', '1',
+                            '--out', out])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    rows = [line for line in open(out).read().splitlines() if line.startswith('| LinViT')]
+    assert len(rows) == 1 and '`linear` | torchscript |' in rows[0] and ' ms |' in rows[0]
+    errors = [float(v) for v in rows[0].split('|')[5:8]]
+    assert max(errors) < 1e-4 and '1 pairs exported, 0 failed' in printed
+    failed = export_table.format_row(dict(family='LinViT', attention='x', exporter='dynamo', error='E: boom'))
+    assert 'E: boom' in failed

@@ -3,15 +3,45 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import torch
 from torch import Tensor
 
 from .._utils import check_qkv
 from ..longformer._common import IntPair, check_grid
+from .torch_impl import MULTS, PRIME, ROUNDS
 from ..longformer.naive import block_ids, global_pattern, masked_softmax_attention, window_pattern
 
 
+def _hash_int(seed: int, head: int, block: int, step: int) -> int:
+    """:func:`~linattn_mm.ops.bigbird.torch_impl.pattern_hash` in Python ints (arbitrary precision)."""
+    p, mults = PRIME, MULTS
+    x = (seed % p) * mults[0] % p + 1
+    x = (head * mults[1] + block * mults[2] + step * mults[3] + x) % p
+    for add, mult in ROUNDS:
+        x = (pow(x, 5, p) + add) % p * mult % p
+    return x
+
+
+def bigbird_random_blocks_naive(num_blocks: int, num_random: int, num_heads: int = 1, seed: int = 0) -> Tensor:
+    """:func:`bigbird_random_blocks` written as the textbook Floyd loop over Python sets and ints (tests only)."""
+    m = num_blocks - 1                                                 # candidates: every block but its own
+    out = torch.full((num_heads, num_blocks, num_random), -1, dtype=torch.long)
+    for h in range(num_heads):
+        for i in range(num_blocks):
+            taken = set()
+            for s in range(num_random):
+                j = m - num_random + s
+                if j < 0:
+                    continue                                           # fewer than r other blocks: empty slot
+                t = _hash_int(seed, h, i, j) % (j + 1)
+                t = j if t in taken else t
+                taken.add(t)
+                out[h, i, s] = t + (t >= i)                            # skip the query's own block
+    return out
+
+
 def random_pattern(rand_blocks: Tensor, blocks: Tensor) -> Tensor:
-    """``(H, N, N)`` bool: key j's block is one of the random blocks of query i's block."""
+    """``(H, N, N)`` bool: key j's block is one of the random blocks of query i's block (``-1`` matches none)."""
     chosen = rand_blocks[:, blocks]                                    # (H, N, r): random blocks of i's block
     return (chosen[:, :, None, :] == blocks[None, None, :, None]).any(-1)
 

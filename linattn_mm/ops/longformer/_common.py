@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .._utils import crop_hw, is_exporting
+
 IntPair = Union[int, Sequence[int]]
 
 
@@ -55,11 +57,11 @@ class Geometry:
 
     @property
     def ny(self) -> int:
-        return -(-self.h // self.by)
+        return (self.h + self.by - 1) // self.by   # ceil without negative operands (ONNX division truncates)
 
     @property
     def nx(self) -> int:
-        return -(-self.w // self.bx)
+        return (self.w + self.bx - 1) // self.bx
 
     @property
     def num_blocks(self) -> int:
@@ -83,13 +85,17 @@ def geometry(hw: Sequence[int], window_size: IntPair, block_size: Optional[IntPa
     """Geometry of an ``H x W`` grid; blocks default to the window and are clipped to the grid.
 
     Halo sides are clipped to ``H - 1`` / ``W - 1``: a longer reach only adds out-of-grid keys, so the
-    neighbourhood is the same set and the tile is smaller on small grids.
+    neighbourhood is the same set and the tile is smaller on small grids. Exporting (:func:`is_exporting`),
+    ``H`` and ``W`` stay symbolic and nothing is clipped (a clip is a branch on the size that the graph would
+    freeze): the same key sets, so the same outputs, with out-of-grid tile slots masked.
     """
+    wy, wx = pair(window_size, 'window_size')
+    by, bx = pair(block_size if block_size is not None else (wy, wx), 'block_size')
+    if is_exporting():
+        return Geometry(h=hw[0], w=hw[1], ly=wy // 2, ry=(wy - 1) // 2, lx=wx // 2, rx=(wx - 1) // 2, by=by, bx=bx)
     h, w = int(hw[0]), int(hw[1])
     if h < 1 or w < 1:
         raise ValueError(f'hw_shape must be positive, got {tuple(hw)}')
-    wy, wx = pair(window_size, 'window_size')
-    by, bx = pair(block_size if block_size is not None else (wy, wx), 'block_size')
     return Geometry(h=h, w=w, ly=min(wy // 2, h - 1), ry=min((wy - 1) // 2, h - 1),
                     lx=min(wx // 2, w - 1), rx=min((wx - 1) // 2, w - 1), by=min(by, h), bx=min(bx, w))
 
@@ -100,6 +106,8 @@ def check_grid(q: Tensor, k: Tensor, hw: Sequence[int], num_global: int, name: s
         raise ValueError(f'{name}: hw_shape must be (H, W), got {hw!r}')
     if num_global < 0:
         raise ValueError(f'{name}: num_global must be >= 0, got {num_global}')
+    if is_exporting():  # symbolic sizes: int() would freeze them (the layers have checked their input)
+        return
     n = num_global + int(hw[0]) * int(hw[1])
     if q.shape[2] != n or k.shape[2] != n:
         raise ValueError(f'{name}: q has {q.shape[2]} and k has {k.shape[2]} tokens, but num_global + H*W = '
@@ -121,21 +129,35 @@ def from_blocks(x: Tensor, g: Geometry) -> Tensor:
     """Inverse of :func:`to_blocks`, cropped back to the grid: ``(..., nblk, Q, C)`` -> ``(..., H*W, C)``."""
     lead, c = x.shape[:-3], x.shape[-1]
     x = x.reshape(-1, g.ny, g.nx, g.by, g.bx, c).permute(0, 1, 3, 2, 4, 5)
-    x = x.reshape(-1, g.ny * g.by, g.nx * g.bx, c)[:, :g.h, :g.w]
+    x = crop_hw(x.reshape(-1, g.ny * g.by, g.nx * g.bx, c), g.h, g.w, dims=(1, 2))
     return x.reshape(*lead, g.h * g.w, c)
+
+
+def tile_index(n_blocks, block: int, tile: int, device) -> Tensor:
+    """``(n_blocks * tile,)`` rows (or columns) of the halo-padded grid that make up the tiles along one axis:
+    tile i covers ``[i * block, i * block + tile)``. Index arithmetic on ``arange``, so the block count may be
+    symbolic (an ``unfold`` would need it as a Python int)."""
+    return (torch.arange(n_blocks, device=device)[:, None] * block + torch.arange(tile, device=device)).flatten()
 
 
 def to_tiles(x: Tensor, g: Geometry, value: float = 0.) -> Tensor:
     """Grid tokens ``(..., H*W, C)`` -> key tiles ``(..., nblk, T, C)``: each block plus its halo.
 
-    One copy of ``T / Q`` times the input (the halo factor); slots outside the grid hold ``value``.
+    One copy of ``T / Q`` times the input (the halo factor); slots outside the grid hold ``value``. The grid is
+    padded by the halo (and to whole blocks); eager: two ``unfold`` views and one copy. Exporting: ``unfold``
+    needs the block counts as Python ints, so two ``index_select``s of :func:`tile_index` pick every tile's rows
+    and columns instead (the same tensor; on the CPU it is slower forward and faster backward).
     """
     lead, c = x.shape[:-2], x.shape[-1]
     th, tw = g.tile_shape
     x = x.reshape(-1, g.h, g.w, c)
     x = F.pad(x, (0, 0, g.lx, g.nx * g.bx - g.w + g.rx, g.ly, g.ny * g.by - g.h + g.ry), value=value)
-    x = x.unfold(1, th, g.by).unfold(2, tw, g.bx)                     # (M, ny, nx, C, th, tw): a view
-    x = x.permute(0, 1, 2, 4, 5, 3)
+    if not is_exporting():
+        x = x.unfold(1, th, g.by).unfold(2, tw, g.bx).permute(0, 1, 2, 4, 5, 3)   # (M, ny, nx, th, tw, C)
+        return x.reshape(*lead, g.num_blocks, th * tw, c)
+    x = x.index_select(1, tile_index(g.ny, g.by, th, x.device))       # (M, ny*th, Wp, C)
+    x = x.index_select(2, tile_index(g.nx, g.bx, tw, x.device))       # (M, ny*th, nx*tw, C)
+    x = x.view(-1, g.ny, th, g.nx, tw, c).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(*lead, g.num_blocks, th * tw, c)
 
 
@@ -167,19 +189,28 @@ def tile_window_mask(g: Geometry, device) -> Tensor:
     return in_window(ty[None, :] - qy[:, None], tx[None, :] - qx[:, None], g)
 
 
-@functools.lru_cache(maxsize=16)
 def static_mask(g: Geometry, exact: bool, num_extra: int, device, dtype) -> Tensor:
     """``(nblk, 1, Q, T + E)`` additive mask (0 / -inf) of everything that depends on the geometry alone: tile
-    slots outside the grid, outside the exact window, and ``E`` always-visible extra keys. Cached: without
-    padding or random blocks it is the whole mask, shared by every sample and head. Built as a normal tensor even
-    under ``torch.inference_mode`` so that a later training forward may save it for backward."""
+    slots outside the grid, outside the exact window, and ``E`` always-visible extra keys. Without padding or
+    random blocks it is the whole mask, shared by every sample and head. Cached in eager (built as a normal tensor
+    even under ``torch.inference_mode`` so that a later training forward may save it for backward); exporting, it
+    is computed in the graph from the symbolic grid."""
+    if is_exporting():
+        return _static_mask(g, exact, num_extra, device, dtype)
     with torch.inference_mode(False), torch.no_grad():
-        ok = ~tile_padding(None, 1, g, device)[0][:, None, :]         # (nblk, 1, T)
-        if exact:
-            ok = ok & tile_window_mask(g, device)                      # (nblk, Q, T)
-        ok = ok.expand(g.num_blocks, g.block_tokens, g.tile_tokens)
-        ok = torch.cat([ok, ok.new_ones(g.num_blocks, g.block_tokens, num_extra)], -1)
-        return torch.zeros(ok.shape, dtype=dtype, device=device).masked_fill(~ok, float('-inf'))[:, None]
+        return _cached_static_mask(g, exact, num_extra, device, dtype)
+
+
+def _static_mask(g: Geometry, exact: bool, num_extra: int, device, dtype) -> Tensor:
+    ok = ~tile_padding(None, 1, g, device)[0][:, None, :]             # (nblk, 1, T)
+    if exact:
+        ok = ok & tile_window_mask(g, device)                          # (nblk, Q, T)
+    ok = ok.expand(g.num_blocks, g.block_tokens, g.tile_tokens)
+    ok = torch.cat([ok, ok.new_ones(g.num_blocks, g.block_tokens, num_extra)], -1)
+    return torch.zeros(ok.shape, dtype=dtype, device=device).masked_fill(~ok, float('-inf'))[:, None]
+
+
+_cached_static_mask = functools.lru_cache(maxsize=16)(_static_mask)
 
 
 # ------------------------------------------------------------------------------------------- random blocks
@@ -190,7 +221,7 @@ def random_key_blocks(k: Tensor, v: Tensor, pad: Tensor, rand_blocks: Tensor, g:
     Args:
         k, v: grid keys / values ``(B, H, N, D)`` (padding already zeroed).
         pad: ``(B, N)`` bool key padding (True = padding).
-        rand_blocks: ``(H, nblk, r)`` long indices of key blocks.
+        rand_blocks: ``(H, nblk, r)`` long indices of key blocks; ``-1`` = an empty slot.
         exact: dedupe against the exact per-query window (else against the block's whole tile).
 
     Returns:
@@ -200,10 +231,12 @@ def random_key_blocks(k: Tensor, v: Tensor, pad: Tensor, rand_blocks: Tensor, g:
     """
     b, nh = k.shape[:2]
     heads = torch.arange(nh, device=k.device)[:, None, None]
+    empty = rand_blocks < 0                                            # (H, nblk, r): no block in this slot
+    rand_blocks = rand_blocks.clamp_min(0)
     kr = to_blocks(k, g)[:, heads, rand_blocks]                        # (B, H, nblk, r, Q, D)
     vr = to_blocks(v, g)[:, heads, rand_blocks]
     padb = to_blocks(pad[..., None], g, value=True)[..., 0]            # (B, nblk, Q)
-    valid = ~padb[:, rand_blocks].flatten(-2)                          # (B, H, nblk, r*Q)
+    valid = ~(padb[:, rand_blocks] | empty[..., None]).flatten(-2)     # (B, H, nblk, r*Q)
     # is key (ky, kx) of random block j inside the window of query (qy, qx) of block i? Rows and columns
     # separately: the offset is (j - i) * block + (k - q) along each axis.
     blk = torch.arange(g.num_blocks, device=k.device)
@@ -291,13 +324,12 @@ def window_softmax(q: Tensor, k: Tensor, v: Tensor, g: Geometry, key_padding_mas
             mask = mask.expand(nb, b, nh, nq, mask.shape[-1])
         mask = mask.reshape(nb, b * nh, nq, -1)
         if key_padding_mask is not None or extra_padding_mask is not None:
+            # a query without any valid key: let it see everything (finite), zero it below; unconditionally,
+            # as a branch on bool(row_ok.all()) would be a host sync
             row_ok = mask.any(-1, keepdim=True)
-            if bool(row_ok.all()):
-                row_ok = None
-            else:  # a query without any valid key: let it see everything (finite), zero it below
-                mask = mask | ~row_ok
+            mask = mask | ~row_ok
     out = F.scaled_dot_product_attention(qb, kk.to(qb.dtype), vv.to(qb.dtype), attn_mask=mask,
                                          dropout_p=dropout_p, scale=scale)          # (nblk, B*H, Q, Dv)
     if row_ok is not None:
-        out = out * row_ok.to(out.dtype)
+        out = torch.where(row_ok, out, out.new_zeros(()))
     return from_blocks(out.transpose(0, 1), g).view(b, nh, n, dv).to(v.dtype)

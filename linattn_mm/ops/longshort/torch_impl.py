@@ -35,7 +35,7 @@ Affine = Optional[Tuple[Optional[Tensor], Optional[Tensor]]]
 def head_layer_norm(x: Tensor, affine: Affine, eps: float) -> Tensor:
     """LayerNorm of ``(B, H, N, D)`` over the ``H*D`` channels of each token (LN over C before the head split);
     ``affine = (weight, bias)`` of shape ``(H*D,)`` (either may be None)."""
-    b, h, n, d = x.shape
+    h, d = int(x.shape[1]), int(x.shape[3])   # heads and head dims are fixed by the model (never dynamic)
     w, bias = affine if affine is not None else (None, None)
     w = None if w is None else w.view(h, d)
     bias = None if bias is None else bias.view(h, d)

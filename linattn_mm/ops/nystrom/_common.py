@@ -57,7 +57,8 @@ def iterative_pinv(a: Tensor, iters: int) -> Tensor:
 
 def nystrom_kernels(q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor], num_landmarks: int,
                     pinv_iters: int):
-    """The three kernels of the Nystrom approximation (q already scaled by D^-1/2):
+    """The three kernels of the Nystrom approximation (q already scaled by D^-1/2), for ``N > num_landmarks``
+    (the callers' contract; shorter sequences are exact softmax there):
 
     ``F = softmax(Q K~^T)`` (B,H,Nq,m), ``A+ = pinv(softmax(Q~ K~^T))`` (B,H,m,m), ``B = softmax(Q~ K^T)``
     (B,H,m,Nk). Query landmarks come from the queries with the key mask (self-attention).
@@ -69,10 +70,15 @@ def nystrom_kernels(q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor], nu
     avg = avg[:, None]                                                    # broadcast over heads
     q_l = avg.transpose(-2, -1) @ q                                       # (B, H, m, D)
     k_l = avg.transpose(-2, -1) @ k
+    if key_padding_mask is None:
+        # nothing padded and N > m (the caller's contract): every landmark slot is non-empty, so the slot and
+        # key masks are all True; plain softmaxes (no mask, no host sync, no branch on tensor values)
+        return ((q @ k_l.transpose(-2, -1)).softmax(-1), iterative_pinv((q_l @ k_l.transpose(-2, -1)).softmax(-1),
+                                                                          pinv_iters),
+                (q_l @ k.transpose(-2, -1)).softmax(-1))
     slot_col = slot[:, None, None, :]                                     # (B, 1, 1, m)
     slot_row = slot[:, None, :, None]                                     # (B, 1, m, 1)
     f = masked_softmax(q @ k_l.transpose(-2, -1), slot_col)
     a = masked_softmax(q_l @ k_l.transpose(-2, -1), slot_col) * slot_row.to(q.dtype)
-    key_col = None if key_padding_mask is None else keep[:, None, None, :]
-    bmat = masked_softmax(q_l @ k.transpose(-2, -1), key_col) * slot_row.to(q.dtype)
+    bmat = masked_softmax(q_l @ k.transpose(-2, -1), keep[:, None, None, :]) * slot_row.to(q.dtype)
     return f, iterative_pinv(a, pinv_iters), bmat

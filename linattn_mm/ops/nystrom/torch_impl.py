@@ -9,7 +9,8 @@ with m segment-mean landmarks Q~, K~ (over valid tokens only) and the paper's it
 Evaluated right to left, it costs O(N m D) and never forms an N x N matrix.
 
 Choices: when the sequence is no longer than ``num_landmarks`` the op returns exact softmax attention
-(landmarks would be the tokens themselves); a sample with fewer valid tokens than landmarks uses one
+(landmarks would be the tokens themselves; an exported graph evaluates this rule at run time, see
+:func:`_exported`); a sample with fewer valid tokens than landmarks uses one
 landmark per valid token. It is a self-attention method: query landmarks are segment means of the
 queries under the key mask, so q and k must have the same length. The depthwise-conv skip on V of the
 official code is a layer concern.
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .._kernelized import acc_dtype
-from .._utils import check_qkv, is_exporting, size_hint
+from .._utils import check_qkv, is_exporting
 from ..softmax import softmax_attention
 from ._common import nystrom_kernels
 
@@ -53,13 +54,33 @@ def nystrom_attention(q: Tensor, k: Tensor, v: Tensor, num_landmarks: int = 64, 
     """
     check_qkv(q, k, v, key_padding_mask, name='nystrom_attention')
     _check(q, k, num_landmarks, pinv_iters, 'nystrom_attention')
-    # exporting: decided once by the example's length (no guard on the symbolic size); the exported graph keeps
-    # that choice, so export at a size where every stage has more tokens than landmarks (README, deployment)
-    if (size_hint(k.shape[2]) if is_exporting() else k.shape[2]) <= num_landmarks:
+    n = k.shape[2]
+    if is_exporting():
+        return _exported(q, k, v, num_landmarks, pinv_iters, key_padding_mask)
+    if n <= num_landmarks:
         return softmax_attention(q, k, v, key_padding_mask=key_padding_mask)
+    return _nystrom(q, k, v, num_landmarks, pinv_iters, key_padding_mask)
+
+
+def _nystrom(q: Tensor, k: Tensor, v: Tensor, num_landmarks: int, pinv_iters: int,
+             key_padding_mask: Optional[Tensor]) -> Tensor:
     acc = acc_dtype(v.dtype)
     qa, ka, va = (t.to(acc) for t in (q, k, v))
     if key_padding_mask is not None:
         va = va.masked_fill(key_padding_mask[:, None, :, None], 0.)  # garbage in padding must not leak
     f, a_inv, bmat = nystrom_kernels(qa * q.shape[-1] ** -0.5, ka, key_padding_mask, num_landmarks, pinv_iters)
     return (f @ (a_inv @ (bmat @ va))).to(v.dtype)
+
+
+def _exported(q: Tensor, k: Tensor, v: Tensor, num_landmarks: int, pinv_iters: int,
+              key_padding_mask: Optional[Tensor]) -> Tensor:
+    """The eager rule "exact softmax when ``N <= m``" without a branch on the symbolic ``N``: both results,
+    then a ``where`` on ``N <= m`` computed in the graph. The exact one attends to the first ``m`` keys only
+    (a slice clamps to ``N``), which is every key exactly when it is selected, so it costs ``O(N m D)`` like a
+    Nystrom kernel, never ``O(N^2)``."""
+    m = num_landmarks
+    kpm = None if key_padding_mask is None else key_padding_mask[:, :m]
+    exact = softmax_attention(q, k[:, :, :m], v[:, :, :m], key_padding_mask=kpm)
+    approx = _nystrom(q, k, v, num_landmarks, pinv_iters, key_padding_mask)
+    short = torch.ones((), dtype=torch.long, device=q.device) * k.shape[2] <= m
+    return torch.where(short, exact, approx)
