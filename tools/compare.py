@@ -356,15 +356,21 @@ def plot(rows: List[dict], metric_label: str, title: str, path: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ main
-def _todo(args, label: str, seeds: List[int], wd: str) -> List[int]:
-    """The seeds of ``label`` without a result (or with a failed one under ``--retry-failed``)."""
+def _todo(args, label: str, seeds: List[int], wd: str, iters: int) -> List[int]:
+    """The seeds of ``label`` without a result of this task and iteration count (or with a failed one under
+    ``--retry-failed``)."""
     todo = []
     for seed in seeds:
         result = os.path.join(wd, 'runs', _slug(label), f'seed{seed}', RESULT)
         if os.path.exists(result):
             with open(result) as f:
-                if json.load(f).get('status') == 'ok' or not args.retry_failed:
-                    continue
+                r = json.load(f)
+            same = r.get('task') == args.task and r.get('iters') == iters
+            if same and (r.get('status') == 'ok' or not args.retry_failed):
+                continue
+            if not same:
+                print(f'{label} seed {seed}: the result in {result} is of {r.get("task")}, {r.get("iters")} it: '
+                      f'redone', flush=True)
             os.remove(result)
         todo.append(seed)
     return todo
@@ -419,6 +425,8 @@ def main(argv=None):
     p.add_argument('--jobs', type=int, default=1, help='workers (attentions) trained at the same time')
     p.add_argument('--data-dir', help='where the shipped data is prepared and read (default data/)')
     p.add_argument('--wheel-dir', help='offline wheels for tools/prepare_data.py')
+    p.add_argument('--seed-major', action='store_true', help='one worker per (attention, seed), seed 0 of '
+                   'every attention first (a time-boxed run stops balanced; pays the imports once per run)')
     p.add_argument('--retry-failed', action='store_true', help='redo runs that failed before')
     p.add_argument('--run-timeout', type=float, default=1800, help='seconds before a run is stopped as failed')
     p.add_argument('--report-only', action='store_true', help='rewrite table/JSON/plot from finished runs')
@@ -464,9 +472,11 @@ def main(argv=None):
               '; '.join(f'{k}: {v}' for k, v in not_built.items()), flush=True)
 
     if not args.report_only:
-        jobs = [(lab, _todo(args, lab, seeds, wd)) for lab in labels]
+        jobs = [(lab, _todo(args, lab, seeds, wd, iters)) for lab in labels]
         skipped = sum(len(seeds) - len(t) for _, t in jobs)
         jobs = [(lab, t) for lab, t in jobs if t]
+        if args.seed_major:  # every attention's seed 0 first, then seed 1, ...: a stopped run is balanced
+            jobs = [(lab, [s]) for s in seeds for lab, t in jobs if s in t]
         print(f'{sum(len(t) for _, t in jobs)} runs to do, {skipped} finished before (not redone); '
               f'{args.jobs} worker(s) at a time, {args.threads} thread(s) each', flush=True)
         from concurrent.futures import ThreadPoolExecutor
