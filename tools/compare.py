@@ -486,13 +486,17 @@ def main(argv=None):
                 print(f'[{i + 1}/{len(futures)}] {fut.result()}', flush=True)
 
     rows = aggregate(wd, labels, seeds)
+    loads = [r[k] for row in rows for r in row['runs'] for k in ('load_avg_1min_start', 'load_avg_1min_end')
+             if r.get(k) is not None]
+    load = (f' The machine\'s 1-min load average at the runs\' starts and ends: {min(loads):.1f}..{max(loads):.1f} '
+            f'({os.cpu_count()} cores), so the speeds are of a shared machine.' if loads else '')
     title = (f'{args.task}: {os.path.basename(config)}, {iters} it, {n_seeds} seed(s), '
              f'{os.cpu_count()} CPU cores, {args.jobs} worker(s) x {args.threads} thread(s)')
     md = '\n'.join([f'# Attention comparison: {title}', '', table(rows, metric_label, not_built), '',
                     f'{metric_label} on the held-out data: mean ± sample std and min..max over seeds. Train img/s '
                     f'after {WARMUP_ITERS} warm-up iterations; test img/s: model.test_step on the preloaded test '
                     'set; peak memory above the process before the phase (CPU: VmHWM, CUDA: max_memory_allocated); '
-                    'params and MACs of the whole model at the test size.', ''])
+                    'params and MACs of the whole model at the test size.' + load, ''])
     with open(os.path.join(wd, 'compare.md'), 'w') as f:
         f.write(md)
     with open(os.path.join(wd, 'compare.json'), 'w') as f:
