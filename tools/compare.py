@@ -344,13 +344,23 @@ def plot(rows: List[dict], metric_label: str, title: str, path: str) -> None:
         mems = [r['train_peak_mib']['mean'] for r in rows]
         finite = [m for m in mems if math.isfinite(m)] or [1.0]
         top = max(finite) or 1.0
-        for r, mem in zip(rows, mems):
-            x, m = r['train_s']['mean'], r['metric']
+        xs = [r['train_s']['mean'] for r in rows]
+        ys = [r['metric']['mean'] for r in rows]
+        span_x, span_y = (max(xs) - min(xs)) or 1.0, (max(ys) - min(ys)) or 1.0
+        colors = plt.get_cmap('tab20').colors
+        placed = []  # label anchors in rough axis points, to step a label down past the ones already placed
+        for i in sorted(range(len(rows)), key=lambda i: -ys[i]):
+            r, mem, x, y = rows[i], mems[i], xs[i], ys[i]
+            m = r['metric']
             size = 40 + 460 * ((mem if math.isfinite(mem) else 0) / top)
-            ax.errorbar(x, m['mean'], yerr=[[m['mean'] - m['min']], [m['max'] - m['mean']]], fmt='none',
-                        ecolor='0.4', capsize=3, zorder=1)
-            ax.scatter([x], [m['mean']], s=size, alpha=0.6, zorder=2)
-            ax.annotate(r['attention'], (x, m['mean']), xytext=(6, 4), textcoords='offset points', fontsize=9)
+            ax.errorbar(x, y, yerr=[[y - m['min']], [m['max'] - y]], fmt='none', ecolor='0.4', capsize=3, zorder=1)
+            ax.scatter([x], [y], s=size, alpha=0.6, zorder=2, color=colors[i % len(colors)])
+            px, py, dy = 480 * (x - min(xs)) / span_x, 300 * (y - min(ys)) / span_y, 4
+            while any(abs(px - qx) < 70 and abs(py + dy - qy) < 10 for qx, qy in placed):
+                dy -= 10
+            placed.append((px, py + dy))
+            ax.annotate(r['attention'], (x, y), xytext=(8, dy), textcoords='offset points', fontsize=9,
+                        arrowprops=dict(arrowstyle='-', color='0.6', lw=0.5) if dy < -6 else None)
         for mib in (0.25 * top, top):  # marker-size legend
             ax.scatter([], [], s=40 + 460 * mib / top, color='0.6', alpha=0.6, label=f'{mib:.0f} MiB peak train')
         ax.legend(loc='upper left', bbox_to_anchor=(1.01, 1.0), fontsize=8, labelspacing=2.0, borderpad=1.2,
