@@ -18,9 +18,10 @@ Per attention it reports:
 * train img/s (images of the training iterations after the first ``WARMUP_ITERS``, over their wall time) and
   test img/s (``model.test_step`` over the preloaded test set after a warm-up pass: preprocessing, forward and
   post-processing, no data loading, no evaluation), on this machine with ``--threads`` torch threads;
-* peak memory of training and of testing above the process's memory before the phase: CUDA
-  ``max_memory_allocated``; CPU the resident-set high-water mark (``VmHWM``) with glibc made to return freed
-  tensors (tools/benchmark.py's ``PeakMemory``), so it includes the autograd graph, optimizer state, dataloader;
+* peak memory of the training iterations after the first ``WARMUP_ITERS`` (activations, autograd graph,
+  gradients, dataloader batches; the model and optimizer state already there are not counted) and of the timed
+  test passes, each above the memory at its start: CUDA ``max_memory_allocated``; CPU the resident-set
+  high-water mark (``VmHWM``) with glibc made to return freed tensors (tools/benchmark.py's ``PeakMemory``);
 * parameters and FLOPs (multiply-accumulates, mmengine's counter with attention counted, tools/get_flops.py)
   of the whole model at the test size (the first test image's padded input).
 
@@ -61,6 +62,9 @@ TASKS = {
 }
 QUICK = dict(attn=['inline', 'linformer', 'softmax'], seeds=1, iters=40)
 WARMUP_ITERS = 3
+# peak memory of the training iterations after the warm-up and of the timed test passes, each above the
+# memory at its start (so it does not depend on what the worker process ran before)
+MEMORY_METHOD = 'steady-state'
 RESULT = 'result.json'
 
 
@@ -163,12 +167,14 @@ def _one_seed(args, spec: str, seed: int) -> None:
         """Iteration times and a finite-loss check (an exploding run stops with the iteration it broke at)."""
         priority = 'VERY_LOW'
 
-        def __init__(self):
-            self.times, self.batch = [], 0
+        def __init__(self, device):
+            self.times, self.batch, self.mem = [], 0, PeakMemory(device)
 
         def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
             self.times.append(time.perf_counter())
             self.batch = len(data_batch['inputs'])
+            if len(self.times) == WARMUP_ITERS:  # steady state: lazy imports, loader start, optimizer state done
+                self.mem.__enter__()
             loss = (outputs or {}).get('loss')
             if loss is not None and not math.isfinite(float(loss)):
                 raise FloatingPointError(f'training loss is {float(loss)} at iteration {runner.iter + 1}')
@@ -192,25 +198,24 @@ def _one_seed(args, spec: str, seed: int) -> None:
         cfg.default_hooks.logger.interval = max(1, args.iters // 4)
         check_data(cfg, ['train', 'test'])
         runner = build_runner(cfg)
-        probe = Probe()
-        runner.register_hook(probe)
         device = next(runner.model.parameters()).device
+        probe = Probe(device)
+        runner.register_hook(probe)
 
         t0 = time.perf_counter()
-        with PeakMemory(device) as mem_train:
-            runner.train()
+        runner.train()
         res['train_s'] = time.perf_counter() - t0
+        probe.mem.__exit__(None, None, None)
         n = len(probe.times) - WARMUP_ITERS
         res['train_img_s'] = (probe.batch * (n - 1) / (probe.times[-1] - probe.times[WARMUP_ITERS])
                               if n > 1 else float('nan'))
-        res['train_peak_mib'] = mem_train.peak_mb
+        res['train_peak_mib'] = probe.mem.peak_mb
+        res['memory_method'] = MEMORY_METHOD
 
-        with PeakMemory(device) as mem_test:
-            metrics = runner.test()
+        metrics = runner.test()
         res['metrics'] = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}
         res['metric'] = res['metrics'].get(metric_key, float('nan'))
-        res['test_peak_mib'] = mem_test.peak_mb
-        res['test_img_s'], shape = _test_speed(runner)
+        res['test_img_s'], shape, res['test_peak_mib'] = _test_speed(runner, device)
         res['test_shape'] = shape
         if not math.isfinite(res['metric']):
             raise FloatingPointError(f'{metric_key} is {res["metric"]} (metrics: {res["metrics"]})')
@@ -237,9 +242,11 @@ def _load() -> Optional[float]:
         return None
 
 
-def _test_speed(runner, min_images: int = 4, min_s: float = 1.0) -> Tuple[float, List[int]]:
-    """img/s of ``model.test_step`` over the preloaded test set (one warm-up pass first) and the input size."""
+def _test_speed(runner, device, min_images: int = 4, min_s: float = 1.0) -> Tuple[float, List[int], float]:
+    """img/s of ``model.test_step`` over the preloaded test set (one warm-up pass first), the input size and the
+    peak memory (MiB) of the timed passes above the memory before them."""
     import torch
+    from benchmark import PeakMemory
     model = runner.model
     model.eval()
     batches = list(runner.test_dataloader)
@@ -248,11 +255,12 @@ def _test_speed(runner, min_images: int = 4, min_s: float = 1.0) -> Tuple[float,
             model.test_step(b)
         shape = list(model.data_preprocessor(batches[0], False)['inputs'].shape[-2:])
         count, t0 = 0, time.perf_counter()
-        while count < min_images or time.perf_counter() - t0 < min_s:
-            for b in batches:
-                model.test_step(b)
-                count += len(b['inputs'])
-        return count / (time.perf_counter() - t0), shape
+        with PeakMemory(device) as mem:
+            while count < min_images or time.perf_counter() - t0 < min_s:
+                for b in batches:
+                    model.test_step(b)
+                    count += len(b['inputs'])
+        return count / (time.perf_counter() - t0), shape, mem.peak_mb
 
 
 def _write_flops(model, shape: List[int], path: str) -> None:
@@ -300,8 +308,10 @@ def aggregate(wd: str, labels: List[str], seeds: List[int]) -> List[dict]:
                 flops = json.load(f)
         row = dict(attention=label, seeds_ok=[r['seed'] for r in runs], seeds_failed=[r['seed'] for r in errors],
                    errors=sorted({r.get('error', '?') for r in errors}), runs=runs + errors, flops=flops)
-        for key in ('metric', 'train_s', 'train_img_s', 'test_img_s', 'train_peak_mib', 'test_peak_mib'):
+        for key in ('metric', 'train_s', 'train_img_s', 'test_img_s'):
             row[key] = _stats([r.get(key) for r in runs])
+        for key in ('train_peak_mib', 'test_peak_mib'):  # runs measured otherwise (older versions) are left out
+            row[key] = _stats([r.get(key) for r in runs if r.get('memory_method') == MEMORY_METHOD])
         rows.append(row)
     return rows
 
@@ -541,7 +551,8 @@ def main(argv=None):
     md = '\n'.join([f'# Attention comparison: {title}', '', table(rows, metric_label, not_built), '',
                     f'{metric_label} on the held-out data: mean ± sample std and min..max over seeds. Train img/s '
                     f'after {WARMUP_ITERS} warm-up iterations; test img/s: model.test_step on the preloaded test '
-                    'set; peak memory above the process before the phase (CPU: VmHWM, CUDA: max_memory_allocated); '
+                    'set; peak memory of the training iterations after the warm-up and of the timed test passes, above the memory '
+                    'at their start (CPU: VmHWM, CUDA: max_memory_allocated); '
                     'params and MACs of the whole model at the test size.' + load, ''])
     with open(os.path.join(wd, 'compare.md'), 'w') as f:
         f.write(md)

@@ -67,6 +67,7 @@ def test_tiny_compare_writes_the_report_and_resumes(wheels, tmp_path):  # noqa: 
         assert rows[name]['metric']['n'] == 1 and 0 <= rows[name]['metric']['mean'] <= 100
         assert rows[name]['train_img_s']['mean'] > 0 and rows[name]['test_img_s']['mean'] > 0
         assert rows[name]['flops']['params'] > 0 and rows[name]['flops']['macs'] > 0
+        assert rows[name]['train_peak_mib']['n'] == 1 and rows[name]['train_peak_mib']['mean'] >= 0
     assert rows['inline:bogus=1']['seeds_failed'] == [0] and 'bogus' in rows['inline:bogus=1']['errors'][0]
     md = (wd / 'compare.md').read_text()
     assert '| inline |' in md and '| softmax |' in md and '| inline:bogus=1 | failed:' in md
