@@ -267,7 +267,6 @@ def _write_flops(model, shape: List[int], path: str) -> None:
     """Parameters and MACs of the whole model at ``shape`` (tools/get_flops.py's counters); errors recorded."""
     import torch
     import get_flops
-    from mmengine.config import Config  # noqa: F401
     scope = 'mmdet' if hasattr(model, 'rpn_head') or hasattr(model, 'roi_head') or hasattr(model, 'bbox_head') \
         else 'mmseg'
     out = dict(params=sum(p.numel() for p in model.parameters()), shape=shape)
