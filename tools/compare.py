@@ -550,15 +550,15 @@ def main(argv=None):
     md = '\n'.join([f'# Attention comparison: {title}', '', table(rows, metric_label, not_built), '',
                     f'{metric_label} on the held-out data: mean ± sample std and min..max over seeds. Train img/s '
                     f'after {WARMUP_ITERS} warm-up iterations; test img/s: model.test_step on the preloaded test '
-                    'set; peak memory of the training iterations after the warm-up and of the timed test passes, above the memory '
-                    'at their start (CPU: VmHWM, CUDA: max_memory_allocated); '
-                    'params and MACs of the whole model at the test size.' + load, ''])
+                    'set; peak memory of the training iterations after the warm-up and of the timed test passes, '
+                    'above the memory at their start (CPU: VmHWM, CUDA: max_memory_allocated); params and MACs of '
+                    'the whole model at the test size.' + load, ''])
     with open(os.path.join(wd, 'compare.md'), 'w') as f:
         f.write(md)
     with open(os.path.join(wd, 'compare.json'), 'w') as f:
         json.dump(dict(task=args.task, config=config, metric=TASKS[args.task][2], iters=iters, seeds=seeds,
-                       threads=args.threads, jobs=args.jobs, cpu_count=os.cpu_count(), not_built=not_built, attentions=rows,
-                       wall_s=time.time() - t_start), f, indent=1)
+                       threads=args.threads, jobs=args.jobs, cpu_count=os.cpu_count(), not_built=not_built,
+                       attentions=rows, wall_s=time.time() - t_start), f, indent=1)
     plot(rows, metric_label, title, os.path.join(wd, 'compare.png'))
     print('\n' + md + f'\nwritten: {wd}/compare.md, compare.json, compare.png ({time.time() - t_start:.0f} s)')
 
