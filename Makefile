@@ -1,7 +1,7 @@
 # Two commands a newcomer needs are `make test` and `make demo`; see README.md.
 PY := .venv/bin/python
 
-.PHONY: setup test test-fast demo clean-venv
+.PHONY: setup test test-fast demo compare clean-venv
 
 setup:            ## create .venv with the pinned OpenMMLab stack (idempotent; mmcv built once, cached)
 	bash tools/setup.sh
@@ -19,6 +19,9 @@ test-fast:        ## the suite without set-up checks and without the slow end-to
 
 demo: setup       ## the main job: shipped real data, train + evaluate on CPU, benchmark (work_dirs/demo/)
 	$(PY) tools/demo.py $(DEMO_ARGS)
+
+compare: setup    ## every attention on the demo's nuclei segmenter, 3 seeds (work_dirs/compare/); COMPARE_ARGS="--quick"
+	$(PY) tools/compare.py $(COMPARE_ARGS)
 
 clean-venv:
 	rm -rf .venv
