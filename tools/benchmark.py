@@ -654,8 +654,11 @@ def suite_jobs(args, have_mmdet: bool) -> List[tuple]:
         timing + (['--no-memory'] if smoke else []) + (['--threads', str(args.threads)] if args.threads else [])
     pvt_ref = 'mmdet:PyramidVisionTransformerV2:b2' if have_mmdet else 'timm:pvt_v2_b2'
     swin_ref = 'mmdet:SwinTransformer:t' if have_mmdet else 'timm:swin_tiny_patch4_window7_224'
+    pvt_arch = 's'
+    if smoke:  # the smallest PVT pair (the other pairs have no smaller stock twin)
+        pvt_ref, pvt_arch = ('mmdet:PyramidVisionTransformerV2:b0' if have_mmdet else 'timm:pvt_v2_b0'), 't'
     pairs = {
-        'pvt': ['--backbone', 'LinPVT', '--arch', 's', '--attn', 'inline', '--vs', pvt_ref],
+        'pvt': ['--backbone', 'LinPVT', '--arch', pvt_arch, '--attn', 'inline', '--vs', pvt_ref],
         'swin': ['--backbone', 'LinSwin', '--arch', 't', '--attn', 'preset', '--vs', swin_ref],
         'vit': ['--backbone', 'LinViT', '--arch', 'deit_s', '--attn', 'inline', 'softmax'],
     }
@@ -665,8 +668,12 @@ def suite_jobs(args, have_mmdet: bool) -> List[tuple]:
             jobs.append((f'{name}_b{batch}', ['--level', 'backbone', '--modes', 'fwdbwd', '--batch', str(batch),
                                               '--sizes'] + sizes + a + common))
     maskrcnn = ['--level', 'model', os.path.join(_ROOT, 'configs/mask_rcnn/mask-rcnn_linpvt-t-inline_fpn_1x_coco.py'),
-                '--cfg-options', 'model.backbone.arch=s', '--vs', 'mmdet:PyramidVisionTransformerV2:b2',
+                '--cfg-options', f'model.backbone.arch={pvt_arch}',
+                '--vs', 'mmdet:PyramidVisionTransformerV2:' + ('b0' if smoke else 'b2'),
                 '--sizes', det_size, '--batch', '2', '--modes', 'train'] + common
+    if smoke:  # the RoI heads' fixed cost (512 sampled RoIs per image) dominates a tiny image on a CPU
+        maskrcnn[maskrcnn.index('--cfg-options') + 1:maskrcnn.index('--cfg-options') + 1] = [
+            'model.train_cfg.rcnn.sampler.num=16', 'model.train_cfg.rpn_proposal.max_per_img=32']
     jobs.append(('maskrcnn_b2', maskrcnn))
     if not smoke:  # compiled: batch 1 at the smallest and largest size (compiling is most of the cost)
         for name, a in pairs.items():
@@ -692,7 +699,13 @@ def run_suite(args) -> None:
         print(f'mmdet not importable ({type(err).__name__}: {str(err)[:100]}): timm references, no model level')
         have_mmdet = False
     summary, skipped, results = [f'# issue 16 measurements ({args.device})', ''], [], {}
-    for name, job in suite_jobs(args, have_mmdet):
+    jobs = suite_jobs(args, have_mmdet)
+    unknown = set(args.only or []) - {n for n, _ in jobs}
+    if unknown:
+        raise SystemExit(f'error: --only {" ".join(sorted(unknown))}: no such job; jobs: {", ".join(n for n, _ in jobs)}')
+    for name, job in jobs:
+        if args.only and name not in args.only:
+            continue
         if time.perf_counter() - t0 > args.budget:
             skipped.append(name)
             continue
@@ -784,6 +797,7 @@ def parse_args(argv=None):
     p.add_argument('--out-dir', help='--suite: where tables, rows and plots go (default work_dirs/gpu_bench)')
     p.add_argument('--budget', type=float, default=450., help='--suite: seconds after which no job starts')
     p.add_argument('--smoke', action='store_true', help='--suite: tiny sizes, a round each (a CPU dry run)')
+    p.add_argument('--only', nargs='+', metavar='JOB', help='--suite: run only these jobs (e.g. pvt_b1 maskrcnn_b2)')
     args = p.parse_args(argv)
     if args.compiled_only and not args.compile:
         p.error('--compiled-only needs --compile')
