@@ -709,8 +709,10 @@ def run_suite(args) -> None:
         if time.perf_counter() - t0 > args.budget:
             skipped.append(name)
             continue
-        if name.startswith('maskrcnn') and not have_mmdet:
-            summary += [f'## {name}', '', 'skipped: mmdet is not importable', '']
+        why = 'mmdet is not importable' if not have_mmdet else cmp._check_mmcv_ops('mmdet')
+        if name.startswith('maskrcnn') and why:
+            print(f'skip {name}: {why}')
+            summary += [f'## {name}', '', f'skipped: {why}', '']
             continue
         print(f'\n===== {name} ({time.perf_counter() - t0:.0f} s)', flush=True)
         tj = time.perf_counter()

@@ -130,8 +130,10 @@ def test_gpu_suite_covers_the_issue_and_dry_runs_on_cpu(tmp_path):
     assert mr[mr.index('--sizes') + 1] == '800x1333' and mr[mr.index('--batch') + 1] == '2'
     assert 'mmdet:PyramidVisionTransformerV2:b2' in mr and 'bf16' in mr
     out = tmp_path / 'suite'
-    bench.main(['--suite', 'gpu', '--smoke', '--device', 'cpu', '--threads', '1', '--out-dir', str(out),
-                '--only', 'pvt_b1', 'maskrcnn_b2'])
+    env = dict(os.environ, DEVICE='cpu', PYTHON=sys.executable, OMP_NUM_THREADS='1')
+    res = subprocess.run([os.path.join(ROOT, 'tools', 'gpu_bench.sh'), str(out), '--smoke', '--threads', '1',
+                          '--only', 'pvt_b1', 'maskrcnn_b2'], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
     summary = (out / 'summary.md').read_text()
     assert '## pvt_b1' in summary and '## maskrcnn_b2' in summary and '## goals' in summary
     assert (out / 'pvt_b1.png').stat().st_size > 1000 and json.loads((out / 'maskrcnn_b2.json').read_text())
