@@ -1,23 +1,34 @@
 #!/bin/sh
 ''''test -x "$(dirname "$0")/../.venv/bin/python" && exec "$(dirname "$0")/../.venv/bin/python" "$0" "$@"; exec python3 "$0" "$@" # '''
 # (the line above lets `tools/benchmark.py ...` run with the project's .venv; Python sees a string)
-__doc__ = """Speed and memory of every attention of the library, with softmax (SDPA) as the baseline.
+__doc__ = """Speed and memory of every attention of the library, with softmax (SDPA) as the baseline, and of our
+backbones and whole detectors / segmenters against the stock ones they replace.
 
 Levels:
   op        the functional op alone over token counts: q, k, v of shape (B, H, N, D)
-  backbone  a whole backbone over image sizes (forward, or forward + backward)
+  backbone  a whole backbone over image sizes (forward, or forward + backward), ours with each --attn and the
+            --vs references (mmdet:PyramidVisionTransformerV2:b2, mmdet:SwinTransformer:t, timm:NAME) interleaved
+  model     a whole mmdet / mmseg model from CONFIG: mmengine's train_step (forward, losses, backward, optimizer
+            step) and test_step on a dummy batch (boxes + masks / label maps), against the same config with the
+            --vs stock backbone (its neck / head in_channels adjusted), interleaved
 
 Examples::
 
   tools/benchmark.py --level op --attn inline softmax --tokens 16384 --head-dim 32 --device cpu --out F.json
   tools/benchmark.py --level op --tokens 1024 4096 16384 65536 --device cuda --dtype bf16 --plot ops.png
-  tools/benchmark.py --level backbone --backbone LinPVT --attn inline softmax --sizes 512 1024x2048
+  tools/benchmark.py --level backbone --backbone LinPVT --arch s --attn inline \\
+      --vs mmdet:PyramidVisionTransformerV2:b2 --sizes 1024 1024x2048 --modes fwdbwd --plot pvt.png
+  tools/benchmark.py --level model configs/mask_rcnn/mask-rcnn_linpvt-t-inline_fpn_1x_coco.py \\
+      --cfg-options model.backbone.arch=s --vs mmdet:PyramidVisionTransformerV2:b2 --sizes 800x1333 --compile
+  tools/benchmark.py --suite gpu --out-dir work_dirs/gpu_bench      # every GPU measurement (tools/gpu_bench.sh)
 
-Each row reports the median time of ``--repeats`` runs after ``--warmup`` (CPU: wall time; CUDA: GPU time
-between CUDA events, L2 flushed between calls, see ``time_fn``), throughput, peak memory
-(CUDA: ``max_memory_allocated``; CPU: the resident-set high-water mark above the block's start, see
-``PeakMemory``), and for softmax which SDPA backend actually ran (read from the profiler's kernel names).
-Speed and memory live here, never in timed tests.
+Sizes are HxW (the detection default 800x1333 is mmdet's 1333x800 W x H). Timing: on CPU torch.utils.benchmark
+(op level: ``adaptive_autorange`` per row, until IQR / median <= --rel-iqr or --max-time; backbone / model
+level: interleaved rounds, see ``_bench_compare``), on CUDA GPU time between CUDA events (op level: L2 flushed
+between calls, see ``time_fn``). Rows give the median, quartiles / IQR, throughput, peak memory (CUDA:
+``max_memory_allocated``; CPU: the resident-set high-water mark above the call's start, measured in a child
+process with exact allocator accounting, see ``PeakMemory``), and for softmax which SDPA backend ran (read
+from the profiler's kernel names). Speed and memory live here, never in timed tests.
 """
 import argparse
 import copy
