@@ -1,8 +1,9 @@
 #!/bin/sh
 ''''test -x "$(dirname "$0")/../.venv/bin/python" && exec "$(dirname "$0")/../.venv/bin/python" "$0" "$@"; exec python3 "$0" "$@" # '''
 # (the line above lets `tools/benchmark.py ...` run with the project's .venv; Python sees a string)
-__doc__ = """Speed and memory of every attention of the library, with softmax (SDPA) as the baseline, and of our
-backbones and whole detectors / segmenters against the stock ones they replace.
+__doc__ = """Speed and memory of our attention ops, backbones and whole models against the ones they replace.
+
+Ops against softmax (SDPA); backbones and mmdet / mmseg detectors and segmenters against the stock ones.
 
 Levels:
   op        the functional op alone over token counts: q, k, v of shape (B, H, N, D)
