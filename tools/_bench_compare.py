@@ -347,7 +347,7 @@ def print_compare_table(rows: List[Dict], log: Callable = print) -> str:
         cells = ([r.get('config', '')] if with_cfg else []) + [r['model'], r['size'], r['batch'], r['mode'], 'yes' if r.get('compile') else 'no',
                  f"{r['ms']:.1f}", f"{r['iqr_ms']:.1f}",
                  f"{r['img_per_s']:.3g} ({r['img_per_s_q1']:.3g}-{r['img_per_s_q3']:.3g})",
-                 f"{r['peak_mem_mb']:.0f}", ratio, r['samples']]
+                 '-' if r['peak_mem_mb'] != r['peak_mem_mb'] else f"{r['peak_mem_mb']:.0f}", ratio, r['samples']]
         lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
     text = '\n'.join(lines)
     log('\n' + text)
