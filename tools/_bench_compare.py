@@ -65,7 +65,7 @@ def build_stock_backbone(spec: str) -> torch.nn.Module:
     from mmengine.registry import MODELS
     cfg, _ = stock_backbone_cfg(spec)
     model = MODELS.build(cfg)
-    model.init_weights()
+    _quiet_init_weights(model)
     return model
 
 
@@ -231,16 +231,21 @@ def build_mm_model(cfg, lib: str, device: torch.device):
     init_default_scope(lib)
     from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import MODELS
-    from mmengine.logging import MMLogger
     model = revert_sync_batchnorm(MODELS.build(copy.deepcopy(cfg.model)))  # SyncBN needs a process group
+    _quiet_init_weights(model)
+    return model.to(device)
+
+
+def _quiet_init_weights(model) -> None:
+    """``model.init_weights()`` without mmengine's log line per parameter."""
+    from mmengine.logging import MMLogger
     logger = MMLogger.get_current_instance()
     level = logger.level
-    logger.setLevel('WARNING')  # init_weights logs every parameter
+    logger.setLevel('WARNING')
     try:
         model.init_weights()
     finally:
         logger.setLevel(level)
-    return model.to(device)
 
 
 def dummy_batch(lib: str, h: int, w: int, batch: int, num_classes: int, seed: int = 0) -> Dict:
