@@ -349,7 +349,8 @@ def print_compare_table(rows: List[Dict], log: Callable = print) -> str:
     for r in rows:
         b = ref.get(_group(r))
         ratio = f'{b / r["ms"]:.2f}' if b and not r.get('is_ref') else ('ref' if r.get('is_ref') else '-')
-        cells = ([r.get('config', '')] if with_cfg else []) + [r['model'], r['size'], r['batch'], r['mode'], 'yes' if r.get('compile') else 'no',
+        cells = ([r.get('config', '')] if with_cfg else []) + [
+                 r['model'], r['size'], r['batch'], r['mode'], 'yes' if r.get('compile') else 'no',
                  f"{r['ms']:.1f}", f"{r['iqr_ms']:.1f}",
                  f"{r['img_per_s']:.3g} ({r['img_per_s_q1']:.3g}-{r['img_per_s_q3']:.3g})",
                  '-' if r['peak_mem_mb'] != r['peak_mem_mb'] else f"{r['peak_mem_mb']:.0f}", ratio, r['samples']]

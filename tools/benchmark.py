@@ -536,7 +536,6 @@ def bench_models(args, device, dtype) -> List[Dict]:
     batch of each size, interleaved."""
     if not args.configs:
         raise SystemExit('error: --level model needs one or more CONFIG files')
-    from mmengine.config import DictAction  # noqa: F401  (mmengine present: checked before any model is built)
     rows = []
     for path in args.configs:
         base, lib = cmp.load_model_cfg(path, args.cfg_options)
@@ -717,7 +716,8 @@ def run_suite(args) -> None:
     jobs = suite_jobs(args, have_mmdet)
     unknown = set(args.only or []) - {n for n, _ in jobs}
     if unknown:
-        raise SystemExit(f'error: --only {" ".join(sorted(unknown))}: no such job; jobs: {", ".join(n for n, _ in jobs)}')
+        raise SystemExit(f'error: --only {" ".join(sorted(unknown))}: no such job; '
+                         f'jobs: {", ".join(n for n, _ in jobs)}')
     for name, job in jobs:
         if args.only and name not in args.only:
             continue
