@@ -5,7 +5,7 @@
 # budget lasts. Tables (.md in summary.md), rows (.json) and plots (.png) go under OUT_DIR.
 #
 #   tools/gpu_bench.sh [OUT_DIR] [more tools/benchmark.py options]
-#   DEVICE=cpu tools/gpu_bench.sh /tmp/dry --smoke          # the CPU dry run (tiny sizes, one round each)
+#   DEVICE=cpu tools/gpu_bench.sh DRY_DIR --smoke          # the CPU dry run (tiny sizes, one round each)
 #
 # Needs torch, triton and timm. mmengine / mmdet / mmsegmentation may come as pure-Python wheels in $WHEELS
 # (installed with --no-deps into a temporary directory); without mmdet the backbone references come from timm.
