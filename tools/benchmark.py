@@ -1,25 +1,38 @@
 #!/bin/sh
 ''''test -x "$(dirname "$0")/../.venv/bin/python" && exec "$(dirname "$0")/../.venv/bin/python" "$0" "$@"; exec python3 "$0" "$@" # '''
 # (the line above lets `tools/benchmark.py ...` run with the project's .venv; Python sees a string)
-__doc__ = """Speed and memory of every attention of the library, with softmax (SDPA) as the baseline.
+__doc__ = """Speed and memory of our attention ops, backbones and whole models against the ones they replace.
+
+Ops against softmax (SDPA); backbones and mmdet / mmseg detectors and segmenters against the stock ones.
 
 Levels:
   op        the functional op alone over token counts: q, k, v of shape (B, H, N, D)
-  backbone  a whole backbone over image sizes (forward, or forward + backward)
+  backbone  a whole backbone over image sizes (forward, or forward + backward), ours with each --attn and the
+            --vs references (mmdet:PyramidVisionTransformerV2:b2, mmdet:SwinTransformer:t, timm:NAME) interleaved
+  model     a whole mmdet / mmseg model from CONFIG: mmengine's train_step (forward, losses, backward, optimizer
+            step) and test_step on a dummy batch (boxes + masks / label maps), against the same config with the
+            --vs stock backbone (its neck / head in_channels adjusted), interleaved
 
 Examples::
 
   tools/benchmark.py --level op --attn inline softmax --tokens 16384 --head-dim 32 --device cpu --out F.json
   tools/benchmark.py --level op --tokens 1024 4096 16384 65536 --device cuda --dtype bf16 --plot ops.png
-  tools/benchmark.py --level backbone --backbone LinPVT --attn inline softmax --sizes 512 1024x2048
+  tools/benchmark.py --level backbone --backbone LinPVT --arch s --attn inline \\
+      --vs mmdet:PyramidVisionTransformerV2:b2 --sizes 1024 1024x2048 --modes fwdbwd --plot pvt.png
+  tools/benchmark.py --level model configs/mask_rcnn/mask-rcnn_linpvt-t-inline_fpn_1x_coco.py \\
+      --cfg-options model.backbone.arch=s --vs mmdet:PyramidVisionTransformerV2:b2 --sizes 800x1333 --compile
+  tools/benchmark.py --suite gpu --out-dir work_dirs/gpu_bench      # every GPU measurement (tools/gpu_bench.sh)
 
-Each row reports the median time of ``--repeats`` runs after ``--warmup`` (CPU: wall time; CUDA: GPU time
-between CUDA events, L2 flushed between calls, see ``time_fn``), throughput, peak memory
-(CUDA: ``max_memory_allocated``; CPU: the resident-set high-water mark above the block's start, see
-``PeakMemory``), and for softmax which SDPA backend actually ran (read from the profiler's kernel names).
-Speed and memory live here, never in timed tests.
+Sizes are HxW (the detection default 800x1333 is mmdet's 1333x800 W x H). Timing: on CPU torch.utils.benchmark
+(op level: ``adaptive_autorange`` per row, until IQR / median <= --rel-iqr or --max-time; backbone / model
+level: interleaved rounds, see ``_bench_compare``), on CUDA GPU time between CUDA events (op level: L2 flushed
+between calls, see ``time_fn``). Rows give the median, quartiles / IQR, throughput, peak memory (CUDA:
+``max_memory_allocated``; CPU: the resident-set high-water mark above the call's start, measured in a child
+process with exact allocator accounting, see ``PeakMemory``), and for softmax which SDPA backend ran (read
+from the profiler's kernel names). Speed and memory live here, never in timed tests.
 """
 import argparse
+import copy
 import json
 import math
 import os
@@ -32,8 +45,14 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+_TOOLS = os.path.dirname(os.path.abspath(__file__))
+if _TOOLS not in sys.path:
+    sys.path.insert(0, _TOOLS)
+
 os.environ.setdefault('KINETO_LOG_LEVEL', '5')  # keep the profiler quiet
 import torch  # noqa: E402
+
+import _bench_compare as cmp  # noqa: E402
 
 DTYPES = {'fp32': torch.float32, 'bf16': torch.bfloat16, 'fp16': torch.float16, 'fp64': torch.float64}
 
@@ -171,10 +190,13 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_fn(fn: Callable, device, warmup: int, repeats: int) -> List[float]:
-    """Per-call times in ms. CPU: wall time of each call. CUDA: GPU time between CUDA events around each of
-    back-to-back calls (the host queues ahead, so Python launch overhead is excluded as in Triton's
-    ``do_bench``), with L2 flushed between calls so that small inputs are not served from cache."""
+def time_fn(fn: Callable, device, warmup: int, repeats: int, rel_iqr: float = 0.05,
+            max_time: float = 10.) -> List[float]:
+    """Per-call times in ms. CPU: ``torch.utils.benchmark.Timer.adaptive_autorange`` (blocks of calls, each
+    sample the mean call time of a block, repeated until IQR / median <= ``rel_iqr`` or ``max_time`` seconds;
+    ``repeats`` is not used). CUDA: GPU time between CUDA events around each of ``repeats`` back-to-back calls
+    (the host queues ahead, so Python launch overhead is excluded as in Triton's ``do_bench``), with L2 flushed
+    between calls so that small inputs are not served from cache."""
     for _ in range(warmup):
         fn()
     sync(device)
@@ -189,13 +211,11 @@ def time_fn(fn: Callable, device, warmup: int, repeats: int) -> List[float]:
             ends[i].record()
         torch.cuda.synchronize()
         return [a.elapsed_time(b) for a, b in zip(starts, ends)]
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return times
+    # CPU: torch.utils.benchmark's adaptive measurement, blocks until IQR / median <= rel_iqr or max_time seconds
+    from torch.utils.benchmark import Timer
+    timer = Timer(stmt='fn()', globals=dict(fn=fn), num_threads=torch.get_num_threads())
+    m = timer.adaptive_autorange(threshold=rel_iqr, min_run_time=0.05, max_run_time=max_time)
+    return [t * 1e3 for t in m.times]
 
 
 def sdpa_backend_used(fn: Callable) -> str:
@@ -227,8 +247,10 @@ def run_one(fn_fwd: Callable, inputs: List[torch.Tensor], device, mode: str, arg
     fn = fwd if mode == 'fwd' else fwd_bwd
     if args.memory_pass:  # child process of a CPU run: memory only, see measure_cpu_memory_in_child
         return dict(ms=float('nan'), ms_min=float('nan'), peak_mem_mb=measure_memory(fn, device))
-    times = time_fn(fn, device, args.warmup, args.repeats)
-    row = dict(ms=statistics.median(times), ms_min=min(times), peak_mem_mb=float('nan'))
+    times = time_fn(fn, device, args.warmup, args.repeats, args.rel_iqr, args.max_time)
+    q1, med, q3 = cmp.quartiles(times)
+    row = dict(ms=med, ms_min=min(times), ms_q1=q1, ms_q3=q3, iqr_ms=q3 - q1, samples=len(times),
+               peak_mem_mb=float('nan'))
     if device.type == 'cuda':
         row['peak_mem_mb'] = measure_memory(fn, device)
     return row
@@ -255,7 +277,8 @@ def measure_cpu_memory_in_child(argv: List[str], rows: List[Dict]) -> None:
             return
         with open(out) as f:
             mems = json.load(f)
-    key = lambda r: (r['attn'], r.get('size', r['tokens']), r['mode'])  # noqa: E731
+    key = lambda r: (r['attn'], r.get('size', r.get('tokens')), r['mode'], r.get('batch'),  # noqa: E731
+                     bool(r.get('compile')), r.get('config'))
     by_key = {key(m): m['peak_mem_mb'] for m in mems}
     for r in rows:
         r['peak_mem_mb'] = by_key.get(key(r), float('nan'))
@@ -386,19 +409,14 @@ def parse_size(s: str):
 def build_reference(spec: str, h: int, w: int) -> torch.nn.Module:
     """A reference backbone returning a tuple of feature maps.
 
-    ``mmdet:TYPE`` builds one of mmdet's backbones with its defaults plus the usual dense-prediction settings
-    (``SwinTransformer``: Swin-T; ``PyramidVisionTransformerV2``: PVTv2-b2 depths [3, 4, 6, 3]); needs mmdet.
+    ``mmdet:TYPE[:VARIANT]`` (or ``mmseg:``) builds a toolbox backbone with the settings of its own configs
+    (``_bench_compare.STOCK_BACKBONES``: PVTv2-b0/b1/b2, Swin-T, ResNet-50; the variant defaults to b2 / t / 50).
     ``timm:NAME`` builds a timm model with ``features_only=True`` at this image size (e.g.
     ``timm:pvt_v2_b2``, ``timm:swin_tiny_patch4_window7_224``), for machines without mmdet/mmcv.
     """
     lib, _, name = spec.partition(':')
-    if lib == 'mmdet':
-        import mmdet.models  # noqa: F401  (registers the backbones)
-        from mmdet.registry import MODELS
-        extra = {'PyramidVisionTransformerV2': dict(embed_dims=64, num_layers=[3, 4, 6, 3])}.get(name, {})
-        model = MODELS.build(dict(type=name, **extra))
-        model.init_weights()
-        return model
+    if lib in ('mmdet', 'mmseg'):
+        return cmp.build_stock_backbone(spec)
     if lib == 'timm':
         import timm
         kw = dict(features_only=True, pretrained=False)
@@ -406,51 +424,147 @@ def build_reference(spec: str, h: int, w: int) -> torch.nn.Module:
             return timm.create_model(name, img_size=(h, w), **kw)
         except TypeError:  # models without an img_size argument take any size
             return timm.create_model(name, **kw)
-    raise SystemExit(f'error: unknown reference backbone {spec!r}; use mmdet:TYPE or timm:NAME')
+    raise SystemExit(f'error: unknown reference backbone {spec!r}; use mmdet:TYPE[:VARIANT] or timm:NAME')
+
+
+def _our_backbone(name: str, attn: str, arch):
+    from linattn_mm.models import backbones as bb
+    cls = getattr(bb, name, None)
+    if cls is None:
+        raise SystemExit(f'error: unknown backbone {name!r}; known: '
+                         f'{", ".join(n for n in dir(bb) if n.startswith("Lin"))}, mmdet:TYPE[:VARIANT], timm:NAME')
+    kw = {} if attn == 'preset' else dict(attn_cfg=dict(type=attn))
+    if arch:
+        kw['arch'] = arch
+    return cls(**kw)
+
+
+def _compile_kw(args):
+    return dict(backend=args.compile_backend) if args.compile else None
+
+
+def _variants(args) -> List[bool]:
+    """compile settings to measure: eager, and compiled too with ``--compile`` (only with ``--compiled-only``)."""
+    return ([] if args.compiled_only else [False]) + ([True] if args.compile else [])
 
 
 def bench_backbones(args, device, dtype) -> List[Dict]:
+    """Each size: our backbone with every ``--attn`` and each ``--vs`` reference, measured interleaved (see
+    ``_bench_compare``); the last reference (or else softmax) is the ``x ref`` baseline."""
     reference = ':' in args.backbone
-    if not reference:
-        from linattn_mm.models import backbones as bb
-        cls = getattr(bb, args.backbone, None)
-        if cls is None:
-            raise SystemExit(f'error: unknown backbone {args.backbone!r}; known: '
-                             f'{", ".join(n for n in dir(bb) if n.startswith("Lin"))}, mmdet:TYPE, timm:NAME')
+    ours = [] if reference else [(f'{args.backbone}{"-" + args.arch if args.arch else ""} {a}', a)
+                                 for a in (args.attn or ['inline', 'taylorshift', 'linformer', 'softmax'])]
+    refs = ([args.backbone] if reference else []) + list(args.vs or [])
+    ref_label = refs[-1] if refs else next((lab for lab, a in ours if a == 'softmax'), None)
     rows = []
-    names = [args.backbone] if reference else (args.attn or ['inline', 'taylorshift', 'linformer', 'softmax'])
     for size in args.sizes:
         h, w = parse_size(size)
-        for name in names:
-            if reference:
-                model = build_reference(args.backbone, h, w)
-            else:
-                kw = dict(attn_cfg=dict(type=name))
-                if args.arch:
-                    kw['arch'] = args.arch
-                model = cls(**kw)
-            model = model.to(device)
-            model.train()  # not chained: mmdet's SwinTransformer.train() returns None
-            x = torch.randn(args.batch, 3, h, w, device=device, requires_grad=False)
-            params = list(model.parameters())
+        models = {}
+        for label, attn in ours:
+            models[label] = _our_backbone(args.backbone, attn, args.arch)
+        for spec in refs:
+            models[spec] = build_reference(spec, h, w)
+        x = torch.randn(args.batch, 3, h, w, device=device)
+        for compiled in _variants(args):
+            if compiled:
+                torch._dynamo.reset()  # each size compiles afresh: steady-state speed, not recompile behaviour
             for mode in args.modes:
-                def fwd():
-                    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-                        outs = model(x)
-                    return sum(o.float().mean() for o in outs)
-                try:
-                    r = run_one(fwd, params, device, mode, args)
-                except RuntimeError as err:  # e.g. out of memory for quadratic attention at 2048²
-                    print(f'{name} at {h}x{w} {mode}: failed ({str(err).splitlines()[0][:80]})')
-                    if device.type == 'cuda':
-                        torch.cuda.empty_cache()
-                    continue
-                r.update(level='backbone', backbone=args.backbone, attn=name, size=f'{h}x{w}',
-                         tokens=(h // 4) * (w // 4), batch=args.batch, mode=mode, device=str(device),
-                         dtype=args.dtype, img_per_s=args.batch / (r['ms'] / 1e3))
-                rows.append(r)
-                print_row(r)
-            del model
+                fns = {}
+                for label, model in models.items():
+                    model = model.to(device)
+                    model.train()  # not chained: mmdet's SwinTransformer.train() returns None
+                    run = torch.compile(model, **_compile_kw(args)) if compiled else model
+                    fns[label] = _backbone_step(run, list(model.parameters()), x, dtype, mode, device)
+                rows += _measure_group(fns, args, device, dict(
+                    level='backbone', size=f'{h}x{w}', batch=args.batch, mode=mode, compile=compiled,
+                    tokens=(h // 4) * (w // 4)), ref_label)
+        del models
+    return rows
+
+
+def _backbone_step(model, params, x, dtype, mode: str, device) -> Callable:
+    def fwd():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            outs = model(x)
+        return sum(o.float().mean() for o in outs)
+
+    def step():
+        if mode == 'fwd':
+            with torch.no_grad():
+                fwd()
+            return
+        fwd().backward()
+        for p in params:
+            p.grad = None
+    return step
+
+
+def _measure_group(fns: Dict[str, Callable], args, device, common: Dict, ref_label) -> List[Dict]:
+    """Time ``fns`` interleaved, then (CUDA) their peak memory one by one; one row per entry. On CPU peak memory
+    comes from the ``--memory-pass`` child (one warm call per entry), see :func:`measure_cpu_memory_in_child`."""
+    if args.memory_pass:
+        samples = {}
+        for label, fn in fns.items():
+            try:
+                fn()
+                samples[label] = [float('nan')]
+            except (RuntimeError, MemoryError):
+                samples[label] = []
+    else:
+        samples = cmp.time_interleaved(fns, device, warmup=args.warmup + (2 if common.get('compile') else 0),
+                                       min_rounds=args.min_rounds, max_rounds=args.max_rounds,
+                                       min_run_time=args.min_run_time, max_time=args.max_time,
+                                       rel_iqr_target=args.rel_iqr)
+    rows = []
+    for label, fn in fns.items():
+        if not samples[label]:
+            continue
+        r = dict(common, model=label, attn=label, is_ref=label == ref_label, device=str(device), dtype=args.dtype,
+                 threads=torch.get_num_threads(), **cmp.summarise(samples[label], common['batch']))
+        r['peak_mem_mb'] = float('nan')
+        if args.memory_pass or device.type == 'cuda':
+            r['peak_mem_mb'] = cmp.peak_memory_mb(fn, device, PeakMemory, use_exact_cpu_memory_accounting)
+        rows.append(r)
+        if not args.memory_pass:
+            print(f"{label:>40} {r['size']:>10} b{r['batch']} {r['mode']:>6}{' +compile' if r['compile'] else ''}"
+                  f" {r['ms']:10.1f} ms (IQR {r['iqr_ms']:.1f}, n={r['samples']})", flush=True)
+    return rows
+
+
+def bench_models(args, device, dtype) -> List[Dict]:
+    """Each config (and its ``--vs`` stock-backbone twins): mmengine's train step and/or inference on a dummy
+    batch of each size, interleaved."""
+    if not args.configs:
+        raise SystemExit('error: --level model needs one or more CONFIG files')
+    rows = []
+    for path in args.configs:
+        base, lib = cmp.load_model_cfg(path, args.cfg_options)
+        why = cmp._check_mmcv_ops(lib)
+        if why:
+            print(f'skip {path}: {why}')
+            continue
+        cfgs = {cmp.model_label(base, None): base}
+        for spec in args.vs or []:
+            c = copy.deepcopy(base)
+            cmp.swap_to_stock(c.model, spec)
+            cfgs[spec] = c
+        ref_label = list(cfgs)[-1] if len(cfgs) > 1 else None
+        nc = cmp._num_classes(base.model, lib)
+        for size in args.sizes or (['800x1333'] if lib == 'mmdet' else ['1024x2048']):
+            h, w = parse_size(size)
+            data = cmp.dummy_batch(lib, h, w, args.batch, nc)
+            for compiled in _variants(args):
+                if compiled:
+                    torch._dynamo.reset()
+                models = {label: cmp.build_mm_model(c, lib, device) for label, c in cfgs.items()}
+                for mode in args.modes:
+                    fns = {label: cmp.model_step_fns(m, cfgs[label], lib, data, device, dtype, [mode],
+                                                     _compile_kw(args) if compiled else None)[mode]
+                           for label, m in models.items()}
+                    rows += _measure_group(fns, args, device, dict(
+                        level='model', config=os.path.basename(path), size=f'{h}x{w}', batch=args.batch,
+                        mode=mode, compile=compiled), ref_label)
+                del models
     return rows
 
 
@@ -459,55 +573,64 @@ def print_row(r: Dict) -> None:
     what = r.get('size') or r['tokens']
     extra = f"  sdpa={r['sdpa_backend']}" if 'sdpa_backend' in r else ''
     mem = '' if r['peak_mem_mb'] != r['peak_mem_mb'] else f"{r['peak_mem_mb']:9.1f} MB"  # NaN: measured later
-    print(f"{r['attn']:>22} {str(what):>10} {r['mode']:>7} {r['ms']:10.2f} ms  {mem}{extra}", flush=True)
+    iqr = f" (IQR {r['iqr_ms']:.2f})" if 'iqr_ms' in r else ''
+    print(f"{r['attn']:>22} {str(what):>10} {r['mode']:>7} {r['ms']:10.2f} ms{iqr}  {mem}{extra}", flush=True)
 
 
-def print_table(rows: List[Dict]) -> None:
-    """Markdown summary. ``x softmax`` is the speed-up over the fastest softmax row of the same size and mode
-    (on CUDA: SDPA's best backend); GB/s columns appear where rows have them (op level)."""
+def print_table(rows: List[Dict]) -> str:
+    """Markdown summary (returned too). Op level: ``x softmax`` is the speed-up over the fastest softmax row of
+    the same size and mode (on CUDA: SDPA's best backend); GB/s columns appear where rows have them. Backbone and
+    model levels: see :func:`_bench_compare.print_compare_table`."""
     if not rows:
-        return
-    key = 'size' if rows[0]['level'] == 'backbone' else 'tokens'
+        return ''
+    if rows[0]['level'] != 'op':
+        return cmp.print_compare_table(rows)
+    key = 'tokens'
     base: Dict = {}
     for r in rows:
         if r['attn'] == 'softmax':
             k = (r[key], r['mode'])
             base[k] = min(base.get(k, float('inf')), r['ms'])
     bw = any('gbps' in r for r in rows)
-    print()
-    cols = ['attn', key, 'mode', 'backend', 'median ms', 'peak MB', 'x softmax']
+    cols = ['attn', key, 'mode', 'backend', 'median ms', 'IQR ms', 'peak MB', 'x softmax']
     if bw:
         cols += ['GB/s', '% copy']
-    if key == 'size':
-        cols += ['img/s']
-    print('| ' + ' | '.join(cols) + ' |')
-    print('|' + '---|' * len(cols))
+    lines = ['| ' + ' | '.join(cols) + ' |', '|' + '---|' * len(cols)]
     for r in rows:
         b = base.get((r[key], r['mode']))
         ratio = f'{b / r["ms"]:.1f}' if b else '-'
         be = r.get('sdpa_backend') or r.get('backend', '-')
-        cells = [r['attn'], r[key], r['mode'], be, f"{r['ms']:.3f}", f"{r['peak_mem_mb']:.1f}", ratio]
+        cells = [r['attn'], r[key], r['mode'], be, f"{r['ms']:.3f}", f"{r.get('iqr_ms', float('nan')):.3f}",
+                 f"{r['peak_mem_mb']:.1f}", ratio]
         if bw:
             cells += [f"{r['gbps']:.3g}" if 'gbps' in r else '-',
                       f"{r['pct_of_copy']:.0f}" if 'pct_of_copy' in r else '-']
-        if key == 'size':
-            cells += [f"{r.get('img_per_s', float('nan')):.2f}"]
-        print('| ' + ' | '.join(str(c) for c in cells) + ' |')
+        lines.append('| ' + ' | '.join(str(c) for c in cells) + ' |')
+    text = '\n'.join(lines)
+    print('\n' + text)
+    return text
 
 
 def plot(rows: List[Dict], path: str) -> None:
+    """Op level: log-log time (error bars: the quartiles of the samples) and memory against tokens. Backbone and
+    model levels: bars with error bars, see :func:`_bench_compare.plot_compare`."""
+    if rows[0]['level'] != 'op':
+        cmp.plot_compare(rows, path)
+        print(f'plot written to {path}')
+        return
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for (attn, mode) in sorted({(r['attn'], r['mode']) for r in rows}):
-        pts = sorted((r['tokens'], r['ms'], r['peak_mem_mb']) for r in rows
-                     if r['attn'] == attn and r['mode'] == mode)
+        pts = sorted((r['tokens'], r['ms'], r['peak_mem_mb'], r.get('ms_q1', r['ms']), r.get('ms_q3', r['ms']))
+                     for r in rows if r['attn'] == attn and r['mode'] == mode)
         xs = [p[0] for p in pts]
         style = '-o' if mode == 'fwd' else '--s'
-        axes[0].plot(xs, [p[1] for p in pts], style, label=f'{attn} ({mode})', ms=4)
+        err = [[p[1] - p[3] for p in pts], [p[4] - p[1] for p in pts]]
+        axes[0].errorbar(xs, [p[1] for p in pts], yerr=err, fmt=style, label=f'{attn} ({mode})', ms=4, capsize=3)
         axes[1].plot(xs, [max(p[2], 1e-2) for p in pts], style, label=f'{attn} ({mode})', ms=4)
-    for ax, title in zip(axes, ('median time [ms]', 'peak memory [MB]')):
+    for ax, title in zip(axes, ('median time [ms] (error bars: IQR)', 'peak memory [MB]')):
         ax.set_xscale('log', base=2)
         ax.set_yscale('log')
         ax.set_xlabel('tokens N')
@@ -519,27 +642,163 @@ def plot(rows: List[Dict], path: str) -> None:
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=120)
+    plt.close(fig)
     print(f'plot written to {path}')
+
+
+# ------------------------------------------------------------------------------------ GPU suite
+# Issue 16's goals: (job, size, batch, compile, ours, reference, least img/s ratio). Ratios are median-time ratios.
+GOALS = [
+    ('pvt', '1024x1024', 1, '>= 1.2x'), ('pvt', '2048x2048', 1, '>= 1.8x'),
+    ('swin', '1024x1024', 1, '>= 1.0x'), ('vit', '2048x2048', 1, '>= 4x'), ('maskrcnn', '800x1333', 2, '>= 1.0x'),
+]
+
+
+COMPILE_RESERVE_S = 120.
+
+
+def suite_jobs(args, have_mmdet: bool) -> List[tuple]:
+    """(name, argv) of every GPU measurement of issue 16, most important first (the budget may cut the tail)."""
+    smoke = args.smoke
+    sizes = ['64', '64x96'] if smoke else ['1024', '1024x2048', '2048']
+    det_size = '64x96' if smoke else '800x1333'
+    timing = ['--min-rounds', '1', '--max-rounds', '2', '--min-run-time', '0.001', '--max-time', '1'] if smoke \
+        else ['--min-rounds', '3', '--max-rounds', '10', '--min-run-time', '0.1', '--max-time', '8']
+    common = ['--device', args.device, '--dtype', args.dtype or ('bf16' if args.device == 'cuda' else 'fp32')] + \
+        timing + (['--no-memory'] if smoke else []) + (['--threads', str(args.threads)] if args.threads else [])
+    pvt_ref = 'mmdet:PyramidVisionTransformerV2:b2' if have_mmdet else 'timm:pvt_v2_b2'
+    swin_ref = 'mmdet:SwinTransformer:t' if have_mmdet else 'timm:swin_tiny_patch4_window7_224'
+    pvt_arch = 's'
+    if smoke:  # the smallest PVT pair (the other pairs have no smaller stock twin)
+        pvt_ref, pvt_arch = ('mmdet:PyramidVisionTransformerV2:b0' if have_mmdet else 'timm:pvt_v2_b0'), 't'
+    pairs = {
+        'pvt': ['--backbone', 'LinPVT', '--arch', pvt_arch, '--attn', 'inline', '--vs', pvt_ref],
+        'swin': ['--backbone', 'LinSwin', '--arch', 't', '--attn', 'preset', '--vs', swin_ref],
+        'vit': ['--backbone', 'LinViT', '--arch', 'deit_s', '--attn', 'inline', 'softmax'],
+    }
+    jobs = []
+    for batch in ([1, 2] if smoke else [1, 8]):
+        for name, a in pairs.items():
+            jobs.append((f'{name}_b{batch}', ['--level', 'backbone', '--modes', 'fwdbwd', '--batch', str(batch),
+                                              '--sizes'] + sizes + a + common))
+    maskrcnn = ['--level', 'model', os.path.join(_ROOT, 'configs/mask_rcnn/mask-rcnn_linpvt-t-inline_fpn_1x_coco.py'),
+                '--cfg-options', f'model.backbone.arch={pvt_arch}',
+                '--vs', 'mmdet:PyramidVisionTransformerV2:' + ('b0' if smoke else 'b2'),
+                '--sizes', det_size, '--batch', '2', '--modes', 'train'] + common
+    if smoke:  # the RoI heads' fixed cost (512 sampled RoIs per image) dominates a tiny image on a CPU
+        maskrcnn[maskrcnn.index('--cfg-options') + 1:maskrcnn.index('--cfg-options') + 1] = [
+            'model.train_cfg.rcnn.sampler.num=16', 'model.train_cfg.rpn_proposal.max_per_img=32']
+    jobs.append(('maskrcnn_b2', maskrcnn))
+    if not smoke:  # compiled: batch 1 at the smallest and largest size (compiling is most of the cost)
+        for name, a in pairs.items():
+            jobs.append((f'{name}_b1_compile', ['--level', 'backbone', '--modes', 'fwdbwd', '--batch', '1',
+                                                '--sizes', sizes[0], sizes[-1], '--compile', '--compiled-only']
+                         + a + common))
+        jobs.append(('maskrcnn_b2_compile', maskrcnn + ['--compile', '--compiled-only']))
+    return jobs
+
+
+def run_suite(args) -> None:
+    """``--suite gpu``: all GPU measurements of issue 16 in one process, tables (.md), rows (.json) and plots
+    (.png) per job under ``--out-dir``, plus summary.md with the goals; jobs that would start after ``--budget``
+    seconds are skipped (listed in the summary). Without mmcv's compiled ops the detector jobs are skipped with
+    a message; without mmdet the backbone references come from timm."""
+    t0 = time.perf_counter()
+    out = args.out_dir or os.path.join('work_dirs', 'gpu_bench')
+    os.makedirs(out, exist_ok=True)
+    try:
+        import mmdet.models  # noqa: F401
+        have_mmdet = True
+    except Exception as err:  # noqa: BLE001  (any import failure: fall back to timm references)
+        print(f'mmdet not importable ({type(err).__name__}: {str(err)[:100]}): timm references, no model level')
+        have_mmdet = False
+    summary, skipped, results = [f'# issue 16 measurements ({args.device})', ''], [], {}
+    jobs = suite_jobs(args, have_mmdet)
+    unknown = set(args.only or []) - {n for n, _ in jobs}
+    if unknown:
+        raise SystemExit(f'error: --only {" ".join(sorted(unknown))}: no such job; '
+                         f'jobs: {", ".join(n for n, _ in jobs)}')
+    for name, job in jobs:
+        if args.only and name not in args.only:
+            continue
+        # compiling takes minutes: a compiled job starts only with COMPILE_RESERVE_S of the budget left
+        reserve = COMPILE_RESERVE_S if name.endswith('_compile') and not args.smoke else 0.
+        if time.perf_counter() - t0 > args.budget - reserve:
+            skipped.append(name)
+            continue
+        why = 'mmdet is not importable' if not have_mmdet else cmp._check_mmcv_ops('mmdet')
+        if name.startswith('maskrcnn') and why:
+            print(f'skip {name}: {why}')
+            summary += [f'## {name}', '', f'skipped: {why}', '']
+            continue
+        print(f'\n===== {name} ({time.perf_counter() - t0:.0f} s)', flush=True)
+        tj = time.perf_counter()
+        try:
+            rows = main(job + ['--out', os.path.join(out, f'{name}.json'), '--plot', os.path.join(out, f'{name}.png')])
+        except (SystemExit, Exception) as err:  # noqa: BLE001  (one failing job must not lose the others)
+            summary += [f'## {name}', '', f'failed: {type(err).__name__}: {str(err)[:300]}', '']
+            continue
+        results[name] = rows
+        table = print_table(rows) if rows else 'no rows (see the log: skipped or failed)'
+        summary += [f'## {name} ({time.perf_counter() - tj:.0f} s)', '', table, '']
+    summary += ['## goals (img/s ratio, ours / reference)', '', '| job | size | batch | compile | ratio | goal |',
+                '|---|---|---|---|---|---|']
+    for job, size, batch, goal in GOALS:
+        for suffix in ('', '_compile'):
+            rows = results.get(f'{job}_b{batch}{suffix}', [])
+            ref = {(r['size'], r['compile']): r for r in rows if r.get('is_ref')}
+            for r in rows:
+                k = (r['size'], r['compile'])
+                if not r.get('is_ref') and k in ref and (r['size'] == size or args.smoke):
+                    summary.append(f"| {job} ({r['model']} vs {ref[k]['model']}) | {r['size']} | {batch} | "
+                                   f"{'yes' if r['compile'] else 'no'} | {ref[k]['ms'] / r['ms']:.2f} | {goal} |")
+    if skipped:
+        summary += ['', f'skipped (budget of {args.budget:.0f} s spent): {", ".join(skipped)}']
+    summary += ['', f'total {time.perf_counter() - t0:.0f} s']
+    with open(os.path.join(out, 'summary.md'), 'w') as f:
+        f.write('\n'.join(summary) + '\n')
+    print('\n'.join(summary))
+    print(f'summary written to {os.path.join(out, "summary.md")}')
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--level', choices=['op', 'backbone'], default='op')
-    p.add_argument('--attn', nargs='+', help=f'attentions (default: all). op level: {", ".join(OP_NAMES)}')
+    p.add_argument('--level', choices=['op', 'backbone', 'model'], default='op')
+    p.add_argument('configs', nargs='*', metavar='CONFIG', help='model level: mmdet / mmseg config files')
+    p.add_argument('--attn', nargs='+', help=f'attentions (default: all). op level: {", ".join(OP_NAMES)}; '
+                                             f'backbone level: also "preset" (the arch\'s own, e.g. LinSwin IIIS)')
     p.add_argument('--tokens', nargs='+', type=int, default=[1024, 4096, 16384])
     p.add_argument('--head-dim', type=int, default=32)
     p.add_argument('--heads', type=int, default=1)
     p.add_argument('--batch', type=int, default=1)
     p.add_argument('--backbone', default='LinPVT',
-                   help='backbone level: LinPVT, LinSwin, LinViT, or a reference mmdet:TYPE / timm:NAME')
+                   help='backbone level: LinPVT, LinSwin, LinViT, or a reference mmdet:TYPE[:VARIANT] / timm:NAME')
     p.add_argument('--arch', help='backbone preset (default: the smallest)')
-    p.add_argument('--sizes', nargs='+', default=['512', '1024'], help='backbone level: H or HxW')
-    p.add_argument('--modes', nargs='+', choices=['fwd', 'fwdbwd'], default=['fwd', 'fwdbwd'])
+    p.add_argument('--vs', nargs='+', metavar='SPEC',
+                   help='stock references measured interleaved with ours: mmdet:PyramidVisionTransformerV2:b2, '
+                        'mmdet:SwinTransformer:t, mmdet:ResNet:50 (mmseg:... alike); backbone level also timm:NAME. '
+                        'Model level: the config with its backbone swapped for this one')
+    p.add_argument('--cfg-options', nargs='+', action=_DictAction, help='model level: override config keys')
+    p.add_argument('--sizes', nargs='+', help='backbone / model level: H or HxW (default: backbone 512 1024; '
+                                              'model: 800x1333 for mmdet configs, 1024x2048 for mmseg)')
+    p.add_argument('--modes', nargs='+', choices=['fwd', 'fwdbwd', 'train', 'infer'],
+                   help='op / backbone level: fwd, fwdbwd (default both); model level: train (mmengine\'s '
+                        'train_step: forward, backward, optimizer step), infer (test_step) (default both)')
+    p.add_argument('--compile', action='store_true', help='also measure under torch.compile (default settings)')
+    p.add_argument('--compiled-only', action='store_true', help='with --compile: skip the eager rows')
+    p.add_argument('--compile-backend', default='inductor')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--dtype', choices=list(DTYPES), help='default: bf16 on CUDA, fp32 on CPU')
     p.add_argument('--warmup', type=int, default=1)
-    p.add_argument('--repeats', type=int, default=5)
+    p.add_argument('--repeats', type=int, default=5, help='op level on CUDA: timed calls')
+    p.add_argument('--min-rounds', type=int, default=3, help='backbone / model level: least interleaved rounds')
+    p.add_argument('--max-rounds', type=int, default=20)
+    p.add_argument('--min-run-time', type=float, default=0.2, help='seconds per measurement of one round')
+    p.add_argument('--max-time', type=float, default=10.,
+                   help='seconds: op level (CPU) per row, backbone / model level per group of rounds')
+    p.add_argument('--rel-iqr', type=float, default=0.05, help='stop measuring once IQR / median is below this')
+    p.add_argument('--no-memory', action='store_true', help='skip peak memory (CPU: its child process)')
     p.add_argument('--threads', type=int, help='torch CPU threads (default: torch default)')
     p.add_argument('--backend', choices=['auto', 'torch', 'triton'], default='auto',
                    help='ops with a fused path (inline, linear, relu, focused, taylorshift efficient): auto = Triton '
@@ -552,8 +811,37 @@ def parse_args(argv=None):
                    help='skip O(N^2) attentions above this many tokens')
     p.add_argument('--out', help='write rows as JSON')
     p.add_argument('--memory-pass', action='store_true', help=argparse.SUPPRESS)
-    p.add_argument('--plot', help='write a log-log plot of time and memory against tokens (PNG)')
-    return p.parse_args(argv)
+    p.add_argument('--plot', help='write a plot (PNG): op level time and memory against tokens, else bars')
+    p.add_argument('--suite', choices=['gpu'], help='run every GPU measurement of issue 16 (see run_suite)')
+    p.add_argument('--out-dir', help='--suite: where tables, rows and plots go (default work_dirs/gpu_bench)')
+    p.add_argument('--budget', type=float, default=450., help='--suite: seconds after which no job starts')
+    p.add_argument('--smoke', action='store_true', help='--suite: tiny sizes, a round each (a CPU dry run)')
+    p.add_argument('--only', nargs='+', metavar='JOB', help='--suite: run only these jobs (e.g. pvt_b1 maskrcnn_b2)')
+    args = p.parse_args(argv)
+    if args.compiled_only and not args.compile:
+        p.error('--compiled-only needs --compile')
+    model_modes, other_modes = {'train', 'infer'}, {'fwd', 'fwdbwd'}
+    if args.modes:
+        wrong = set(args.modes) - (model_modes if args.level == 'model' else other_modes)
+        if wrong:
+            p.error(f'--modes {" ".join(sorted(wrong))} do not apply at --level {args.level}; use '
+                    f'{" / ".join(sorted(model_modes if args.level == "model" else other_modes))}')
+    else:
+        args.modes = ['train', 'infer'] if args.level == 'model' else ['fwd', 'fwdbwd']
+    if args.configs and args.level != 'model':
+        p.error(f'CONFIG files are for --level model (got {args.configs[0]!r} at --level {args.level})')
+    return args
+
+
+class _DictAction(argparse.Action):
+    """``key=value`` pairs (mmengine's DictAction when it is installed)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        try:
+            from mmengine.config import DictAction
+        except ImportError:
+            parser.error('--cfg-options needs mmengine')
+        DictAction(self.option_strings, self.dest)(parser, namespace, values, option_string)
 
 
 def main(argv=None) -> List[Dict]:
@@ -561,15 +849,24 @@ def main(argv=None) -> List[Dict]:
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise SystemExit('error: --device cuda but no CUDA device is visible; use --device cpu')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.suite:
+        run_suite(args)
+        return []
     args.dtype = args.dtype or ('bf16' if device.type == 'cuda' else 'fp32')
     dtype = DTYPES[args.dtype]
     if args.memory_pass:
         use_exact_cpu_memory_accounting()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     print(f'torch {torch.__version__}, device {device}, dtype {args.dtype}, threads {torch.get_num_threads()}')
-    rows = bench_ops(args, device, dtype) if args.level == 'op' else bench_backbones(args, device, dtype)
-    if device.type == 'cpu' and not args.memory_pass:
+    if args.level == 'op':
+        rows = bench_ops(args, device, dtype)
+    elif args.level == 'backbone':
+        args.sizes = args.sizes or ['512', '1024']
+        rows = bench_backbones(args, device, dtype)
+    else:
+        rows = bench_models(args, device, dtype)
+    if device.type == 'cpu' and not args.memory_pass and not args.no_memory:
         measure_cpu_memory_in_child(sys.argv[1:] if argv is None else list(argv), rows)
     print_table(rows)
     if args.out:
@@ -577,7 +874,7 @@ def main(argv=None) -> List[Dict]:
         with open(args.out, 'w') as f:
             json.dump(rows, f, indent=1)
         print(f'{len(rows)} rows written to {args.out}')
-    if args.plot:
+    if args.plot and rows:
         plot(rows, args.plot)
     return rows
 

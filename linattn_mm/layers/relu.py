@@ -38,13 +38,18 @@ class ReLULinearAttention(BaseAttention):
 
     def forward(self, x: Tensor, hw_shape: Sequence[int], key_padding_mask: Optional[Tensor] = None) -> Tensor:
         hw = self.check_input(x, hw_shape, key_padding_mask)
-        qkv = torch.cat(self.project_qkv(x), -1)                       # (B, N, 3C)
-        groups = [qkv]
+        b, n, c = x.shape
+        d = c // self.num_heads
+        qkv = self.qkv(x) if self.qkv_layout == 'qkv' else torch.cat(self.project_qkv(x), -1)  # (B, N, 3C)
         if self.scales:
             fmap = self.to_map(qkv, hw, key_padding_mask)              # padded tokens zeroed before the convs
-            groups += [op(fmap).flatten(2).transpose(1, 2) for op in self.aggreg]
-        # every scale contributes its own heads: (B, N, 3C) x S -> q/k/v with H * S heads
-        q, k, v = (torch.cat([self.heads(g.chunk(3, -1)[i]) for g in groups], 1) for i in range(3))
+            maps = torch.cat([fmap] + [op(fmap) for op in self.aggreg], 1)   # (B, (1 + S) 3C, H, W)
+            # every scale contributes its own heads: channels (scale, q/k/v, head, d) -> q/k/v with H (1 + S)
+            # heads, scale-major; one copy into the (B, heads, N, D) layout of the matmuls
+            t = maps.view(b, 1 + len(self.scales), 3, self.num_heads, d, n).permute(2, 0, 1, 3, 5, 4)
+            q, k, v = t.reshape(3, b, -1, n, d).unbind(0)
+        else:
+            q, k, v = qkv.view(b, n, 3, self.num_heads, d).permute(2, 0, 3, 1, 4).unbind(0)  # views, no copy
         out = relu_linear_attention(q, k, v, key_padding_mask=key_padding_mask)
         return self.project_out(merge_heads(out))
 

@@ -6,8 +6,10 @@ valid keys of a sample,
     o_i = (phi_q_i^T (sum_j phi_k_j v_j^T) / N) / (phi_q_i^T (sum_j phi_k_j) / N + eps)
 
 i.e. the weights ``phi_q_i . phi_k_j`` normalised per row (Katharopoulos et al., ICML 2020, eq. 5). The
-``1/N`` on both sides cancels except against ``eps``; it keeps the state bounded whatever N is, so half
-precision does not overflow. Reductions run in float32 (or float64) and the result is cast back: the
+``1/N`` on both sides cancels except against ``eps`` (it keeps a state bounded whatever N is, so that half
+precision does not overflow); the torch path computes the same ``(phi_q_i . S) / (phi_q_i . z + N eps)`` from
+the unscaled sums ``S``, ``z`` in float32, where they cannot overflow. Reductions run in float32 (or float64)
+and the result is cast back: the
 "fp32 island" EfficientViT uses for its ReLU attention. The island switches autocast off (:func:`fp32_island`):
 under ``torch.autocast`` a matmul of float32 operands still runs in fp16 / bf16, which overflowed the backward
 of focused attention in fp16 (``out / den`` terms summed in fp16) and made the loss scale collapse.
@@ -22,9 +24,10 @@ import contextlib
 from typing import ContextManager, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from ._utils import count_tensor
+from ._utils import count_tensor, is_exporting
 from .backend import resolve_backend
 
 
@@ -82,16 +85,20 @@ def _kernelized_torch(phi_q: Tensor, phi_k: Tensor, v: Tensor, key_padding_mask:
         pad = key_padding_mask[:, None, :, None]
         phi_k = phi_k.masked_fill(pad, 0.)
         v = v.masked_fill(pad, 0.)   # masked_fill, not a product: garbage (inf) in padding must not leak
-        n = (~key_padding_mask).sum(-1).clamp_min(1).to(acc)[:, None, None, None]
+        n_eps = (~key_padding_mask).sum(-1).clamp_min(1).to(acc)[:, None, None, None] * eps
+    elif is_exporting():  # the count from the graph's size, not the export example's
+        n_eps = count_tensor(phi_k.shape[2], acc, v.device) * eps
     else:
-        n = count_tensor(phi_k.shape[2], acc, v.device)
-    kv = phi_k.transpose(-2, -1) @ v / n                       # (B, H, M, Dv)
-    k_mean = phi_k.sum(-2, keepdim=True) / n                   # (B, H, 1, M)
-    num = phi_q @ kv
-    den = phi_q @ k_mean.transpose(-2, -1) + eps               # (B, H, Nq, 1)
-    # features are >= 0, so den == 0 means every weight of the row is 0 and so is num (e.g. a sample
-    # whose keys are all padding): the row's output is 0, not 0/0
-    return (num / den.masked_fill(den == 0, 1.)).to(out_dtype)
+        n_eps = max(phi_k.shape[2], 1) * eps
+    # (q . sum_j k_j v_j / N) / (q . sum_j k_j / N + eps) == (q . sum_j k_j v_j) / (q . sum_j k_j + N eps):
+    # sums in the float32 island, and the normaliser from the same matmuls through a column of ones appended
+    # to v (EfficientViT's trick): two matmuls, no division of the (M, Dv) state
+    kv = phi_k.transpose(-2, -1) @ F.pad(v, (0, 1), value=1.)     # (B, H, M, Dv + 1)
+    out = phi_q @ kv                                                # (B, H, Nq, Dv + 1)
+    den = out[..., -1:] + n_eps
+    if eps <= 0:  # features are >= 0, so den == 0 means the row's weights (and num) are all 0: output 0, not 0/0
+        den = den.masked_fill(den == 0, 1.)
+    return (out[..., :-1] / den).to(out_dtype)
 
 
 def kernelized_attention_naive(phi_q: Tensor, phi_k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor],

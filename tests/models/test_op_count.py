@@ -29,3 +29,40 @@ def test_block_forward_op_count(attn):
     assert '_local_scalar_dense' not in counts, 'a host sync (.item()/bool(tensor)) in forward'
     assert 'dropout' not in counts and 'native_dropout' not in counts
     assert sum(counts.values()) <= ceiling, f'{sum(counts.values())} ops > {ceiling}: {dict(counts.most_common())}'
+
+
+def _timm_pvt_v2_block():
+    from timm.models.pvt_v2 import Block as PvtBlock
+    return PvtBlock(32, 2, mlp_ratio=2., sr_ratio=2), lambda m, x: m(x, [14, 14])
+
+
+def _timm_swin_block(shift):
+    from timm.models.swin_transformer import SwinTransformerBlock
+    return SwinTransformerBlock(32, (14, 14), num_heads=2, window_size=7, shift_size=shift, mlp_ratio=2.), \
+        lambda m, x: m(x.view(1, 14, 14, 32))
+
+
+# family -> (our block's attention and mlp, timm's block of the same family, ops allowed above timm's). Measured
+# (ours / timm): PVTv2 sra 47 / 45 (the spatial-reduction map and its norm laid out once more); Swin window
+# unshifted 57 / 66; shifted 89 / 73: our shifted-window mask is rebuilt in every forward (timm keeps it as a
+# buffer), which this ceiling pins until that work lands.
+TIMM_PAIRS = {
+    'pvt_v2_sra': (dict(type='sra', sr_ratio=2, qkv_layout='q_kv'), 'dwconv', _timm_pvt_v2_block, 2),
+    'swin_window': (dict(type='window', window_size=7, shift_size=0), 'plain', lambda: _timm_swin_block(0), 0),
+    'swin_shifted': (dict(type='window', window_size=7, shift_size=3), 'plain', lambda: _timm_swin_block(3), 16),
+}
+
+
+@pytest.mark.parametrize('family', sorted(TIMM_PAIRS))
+def test_block_op_count_against_timm(family):
+    pytest.importorskip('timm')
+    attn, mlp, build_timm, allowance = TIMM_PAIRS[family]
+    torch.manual_seed(0)
+    x = torch.randn(1, 14 * 14, 32)
+    ours = Block(32, 2, attn, mlp_ratio=2., mlp=mlp).eval()
+    theirs, call = build_timm()
+    theirs.eval()
+    with torch.no_grad():
+        n_ours = sum(count_aten_ops(ours, x, (14, 14)).values())
+        n_timm = sum(count_aten_ops(call, theirs, x).values())
+    assert n_ours <= n_timm + allowance, f'{family}: {n_ours} ops against timm\'s {n_timm} (+{allowance} allowed)'
