@@ -47,16 +47,22 @@ class InLineAttention(BaseAttention):
             nn.Conv1d(embed_dims, embed_dims * local_kernel_size ** 2, kernel_size=1, groups=num_heads))
 
     def local_term(self, x: Tensor, v: Tensor, hw, key_padding_mask: Optional[Tensor]) -> Tensor:
-        """Dynamic depthwise conv of ``v`` ``(B, N, C)`` with kernels generated from ``x``; -> ``(B, N, C)``."""
+        """Dynamic depthwise conv of ``v`` ``(B, N, C)`` with kernels generated from ``x``; -> ``(B, N, C)``.
+
+        Five kernels: token mean, the two grouped 1x1 convs (+ GELU) that generate the kernels, and one grouped
+        conv with the batch folded into the groups (``(1, B*C, H, W)``, a per-sample kernel); the rest are views
+        and the one layout copy of ``v`` into a map.
+        """
         b, n, c = v.shape
         ks = self.local_kernel_size
         weight = self.residual(self.masked_token_mean(x, key_padding_mask)[..., None])  # (B, ks*ks*C, 1)
+        if key_padding_mask is not None:
+            v = v.masked_fill(key_padding_mask[..., None], 0.)  # padding never reaches the conv
         if is_exporting():
-            return self._local_term_shifted(weight, self.to_map(v, hw, key_padding_mask))
-        weight = weight.reshape(b * c, 1, ks, ks)
-        vmap = self.to_map(v, hw, key_padding_mask).reshape(1, b * c, hw[0], hw[1])
-        out = F.conv2d(vmap, weight, None, padding=ks // 2, groups=b * c)
-        return out.reshape(b, c, n).transpose(1, 2)
+            return self._local_term_shifted(weight, v.transpose(1, 2).reshape(b, c, hw[0], hw[1]))
+        vmap = v.transpose(1, 2).reshape(1, b * c, hw[0], hw[1])
+        out = F.conv2d(vmap, weight.view(b * c, 1, ks, ks), None, padding=ks // 2, groups=b * c)
+        return out.view(b, c, n).transpose(1, 2)
 
     def _local_term_shifted(self, weight: Tensor, vmap: Tensor) -> Tensor:
         """The same depthwise conv as a sum of ``ks * ks`` shifted maps times per-sample weights.

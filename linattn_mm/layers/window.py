@@ -101,8 +101,11 @@ class WindowAttention(BaseAttention):
         sh, sw = self.shift_size
         # ceil without negative operands: ONNX integer division truncates, Python's floors
         hp, wp = (h + wh - 1) // wh * wh, (w + ww - 1) // ww * ww
-        # nothing to mask: keep SDPA's fast path (exporting: always mask, a branch on sizes would be frozen)
-        padded = is_exporting() or hp != h or wp != w
+        # nothing to mask: keep SDPA's fast path. Exporting or compiling: always pad (maybe by 0) and mask, since
+        # a branch on whether the grid fits whole windows is a guard that torch.compile re-specialises at every
+        # size (one graph per size) and torch.export freezes
+        symbolic = is_exporting() or torch.compiler.is_compiling()
+        padded = symbolic or hp != h or wp != w
         use_mask = padded or key_padding_mask is not None
         pad = None
         if use_mask:
@@ -121,10 +124,12 @@ class WindowAttention(BaseAttention):
             out = torch.where(fits, self._attend(qkv, pad, 0, 0, use_mask),
                               self._attend(qkv, pad, sh, sw, use_mask))
         else:
-            if (sh or sw) and h <= wh and w <= ww:  # (unshifted: no comparison, which an export would guard)
-                sh = sw = 0  # one window holds the whole grid: shifting would only cut it apart (as Swin does)
+            if (sh or sw) and h <= wh and w <= ww:
+                # one window holds the whole grid: shifting would only cut it apart (as Swin does). Compiled,
+                # this is one guard (h <= wh) for shifted blocks only: a graph per side of it, not per size
+                sh = sw = 0
             out = self._attend(qkv, pad, sh, sw, use_mask)
-        out = crop_hw(out, h, w, dims=(1, 2)).reshape(b, n, c)
+        out = crop_hw(out, h, w, dims=(1, 2), gather=symbolic).reshape(b, n, c)
         return self.project_out(out)
 
     def _attend(self, qkv: Tensor, pad: Optional[Tensor], sh: int, sw: int, use_mask: bool) -> Tensor:

@@ -440,73 +440,95 @@ def _kv_state(k: Tensor, v: Tensor, pad: Optional[Tensor], feature: int, p: floa
     return kv, z, inv
 
 
-class _KernelizedTriton(torch.autograd.Function):
-    """Autograd wrapper: saves q, k, v, the mask and the per-head fp32 state (KV, z, 1/N)."""
+# The entry point is a pair of opaque custom ops (torch.library): dynamo and inductor trace a call as one node (its
+# fake impl gives the output shapes and strides) instead of breaking the graph at Triton's launcher, and
+# AOTAutograd differentiates it through the registered backward op.
+@torch.library.custom_op('linattn_mm::kernelized_triton_fwd', mutates_args=())
+def _kernelized_fwd(q: Tensor, k: Tensor, v: Tensor, pad: Optional[Tensor], eps: float, feature: int, p: float,
+                    num_splits: Optional[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Forward kernels: ``out`` ``(B, H, Nq, Dv)`` (``(B, Nq, H, Dv)`` memory) and the per-head fp32 state the
+    backward needs, ``KV`` ``(B*H, BD, BDv)``, ``z`` ``(B*H, BD)``, ``1/N`` ``(B*H,)``."""
+    b, h, nq, d = q.shape
+    dv = v.shape[-1]
+    bd, bdv = _pow2_block(d), _pow2_block(dv)
+    kv, z, inv = _kv_state(k, v, pad, feature, p, num_splits)
+    out = torch.empty(b, nq, h, dv, dtype=q.dtype, device=q.device).transpose(1, 2)
+    if b * h > 0 and nq > 0:
+        block_n = _block_n(q, bd, bdv, 'fwd_apply')
+        _fwd_apply_kernel[(b * h, triton.cdiv(nq, block_n))](
+            q, kv, z, out, h, nq, d, dv, eps, p, *q.stride(), *out.stride(),
+            FEATURE=feature, **_common(q), BLOCK_N=block_n, BLOCK_D=bd, BLOCK_DV=bdv,
+            num_warps=_warps(block_n, bd, bdv))
+    return out, kv, z, inv
 
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, pad: Optional[Tensor], eps: float, feature: int, p: float,
-                num_splits: Optional[int]) -> Tensor:
-        b, h, nq, d = q.shape
-        dv = v.shape[-1]
-        bd, bdv = _pow2_block(d), _pow2_block(dv)
-        kv, z, inv = _kv_state(k, v, pad, feature, p, num_splits)
-        out = torch.empty(b, nq, h, dv, dtype=q.dtype, device=q.device).transpose(1, 2)
-        if b * h > 0 and nq > 0:
-            block_n = _block_n(q, bd, bdv, 'fwd_apply')
-            _fwd_apply_kernel[(b * h, triton.cdiv(nq, block_n))](
-                q, kv, z, out, h, nq, d, dv, eps, p, *q.stride(), *out.stride(),
-                FEATURE=feature, **_common(q), BLOCK_N=block_n, BLOCK_D=bd, BLOCK_DV=bdv,
-                num_warps=_warps(block_n, bd, bdv))
-        ctx.save_for_backward(q, k, v, pad, kv, z, inv)
-        ctx.eps, ctx.feature, ctx.p, ctx.num_splits = eps, feature, p, num_splits
-        return out
 
-    @staticmethod
-    def backward(ctx, do: Tensor):
-        q, k, v, pad, kv, z, inv = ctx.saved_tensors
-        need_q, need_k, need_v = ctx.needs_input_grad[:3]
-        do = do if do.dtype == q.dtype else do.to(q.dtype)
-        b, h, nq, d = q.shape
-        nk, dv_ = k.shape[2], v.shape[3]
-        bh, bd, bdv = b * h, kv.shape[1], kv.shape[2]
-        f32 = dict(dtype=torch.float32, device=q.device)
-        dq = torch.empty_like(q) if need_q else None
-        dk = torch.empty_like(k) if need_k else None
-        dv = torch.empty_like(v) if need_v else None
-        if bh == 0:
-            return dq, dk, dv, None, None, None, None, None
-        acc_kv = need_k or need_v
-        block_n = _block_n(q, bd, bdv, 'bwd_q')
-        if nq == 0:
-            splits, per_prog = 0, 1
-        elif acc_kv:
-            splits, per_prog = _split_plan(nq, bh, q.device, ctx.num_splits, block_n)
-        else:  # dQ alone: every query block in parallel, nothing to reduce
-            splits, per_prog = triton.cdiv(nq, block_n), 1
-        part_dkv = torch.zeros(bh, max(splits, 1), bd, bdv, **f32) if acc_kv else kv
-        part_dz = torch.zeros(bh, max(splits, 1), bd, **f32) if acc_kv else z
-        if splits > 0:
-            dq_ = dq if need_q else q
-            _bwd_q_kernel[(bh, splits)](
-                q, do, kv, z, inv, dq_, part_dkv, part_dz,
-                h, nq, d, dv_, per_prog, ctx.eps, ctx.p,
-                *q.stride(), *do.stride(), *dq_.stride(),
-                FEATURE=ctx.feature, **_common(q), WRITE_DQ=need_q, ACC_KV=acc_kv,
-                BLOCK_N=block_n, BLOCK_D=bd, BLOCK_DV=bdv, num_warps=_warps(block_n, bd, bdv))
-        if acc_kv and nk > 0:
-            w, bz = torch.empty(bh, bd, bdv, **f32), torch.empty(bh, bd, **f32)
-            _bwd_combine_kernel[(bh,)](part_dkv, part_dz, inv, w, bz, part_dkv.shape[1], BLOCK_D=bd, BLOCK_DV=bdv,
-                                       num_warps=4)
-            block_n = _block_n(k, bd, bdv, 'bwd_kv')
-            has_pad = pad is not None
-            dk_, dv2 = (dk if need_k else k), (dv if need_v else v)
-            _bwd_kv_kernel[(bh, triton.cdiv(nk, block_n))](
-                k, v, pad if has_pad else k, w, bz, dk_, dv2,
-                h, nk, d, dv_, ctx.p,
-                *k.stride(), *v.stride(), *(pad.stride() if has_pad else (0, 0)), *dk_.stride(), *dv2.stride(),
-                HAS_PAD=has_pad, FEATURE=ctx.feature, **_common(k), NEED_DK=need_k, NEED_DV=need_v,
-                BLOCK_N=block_n, BLOCK_D=bd, BLOCK_DV=bdv, num_warps=_warps(block_n, bd, bdv))
-        return dq, dk, dv, None, None, None, None, None
+@_kernelized_fwd.register_fake
+def _kernelized_fwd_fake(q, k, v, pad, eps, feature, p, num_splits):
+    b, h, nq, d = q.shape
+    dv = v.shape[-1]
+    bd, bdv = _pow2_block(d), _pow2_block(dv)
+    f32 = dict(dtype=torch.float32, device=q.device)
+    return (q.new_empty(b, nq, h, dv).transpose(1, 2), q.new_empty(b * h, bd, bdv, **f32),
+            q.new_empty(b * h, bd, **f32), q.new_empty(b * h, **f32))
+
+
+@torch.library.custom_op('linattn_mm::kernelized_triton_bwd', mutates_args=())
+def _kernelized_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, pad: Optional[Tensor], kv: Tensor, z: Tensor,
+                    inv: Tensor, eps: float, feature: int, p: float,
+                    num_splits: Optional[int]) -> Tuple[Tensor, Tensor, Tensor]:
+    """Backward kernels: ``dq, dk, dv`` (the strides of ``empty_like`` of q, k, v)."""
+    do = do if do.dtype == q.dtype else do.to(q.dtype)
+    b, h, nq, d = q.shape
+    nk, dv_ = k.shape[2], v.shape[3]
+    bh, bd, bdv = b * h, kv.shape[1], kv.shape[2]
+    f32 = dict(dtype=torch.float32, device=q.device)
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if bh == 0:
+        return dq, dk, dv
+    block_n = _block_n(q, bd, bdv, 'bwd_q')
+    splits, per_prog = (0, 1) if nq == 0 else _split_plan(nq, bh, q.device, num_splits, block_n)
+    part_dkv = torch.zeros(bh, max(splits, 1), bd, bdv, **f32)
+    part_dz = torch.zeros(bh, max(splits, 1), bd, **f32)
+    if splits > 0:
+        _bwd_q_kernel[(bh, splits)](
+            q, do, kv, z, inv, dq, part_dkv, part_dz,
+            h, nq, d, dv_, per_prog, eps, p,
+            *q.stride(), *do.stride(), *dq.stride(),
+            FEATURE=feature, **_common(q), WRITE_DQ=True, ACC_KV=True,
+            BLOCK_N=block_n, BLOCK_D=bd, BLOCK_DV=bdv, num_warps=_warps(block_n, bd, bdv))
+    if nk > 0:
+        w, bz = torch.empty(bh, bd, bdv, **f32), torch.empty(bh, bd, **f32)
+        _bwd_combine_kernel[(bh,)](part_dkv, part_dz, inv, w, bz, part_dkv.shape[1], BLOCK_D=bd, BLOCK_DV=bdv,
+                                   num_warps=4)
+        block_n = _block_n(k, bd, bdv, 'bwd_kv')
+        has_pad = pad is not None
+        _bwd_kv_kernel[(bh, triton.cdiv(nk, block_n))](
+            k, v, pad if has_pad else k, w, bz, dk, dv,
+            h, nk, d, dv_, p,
+            *k.stride(), *v.stride(), *(pad.stride() if has_pad else (0, 0)), *dk.stride(), *dv.stride(),
+            HAS_PAD=has_pad, FEATURE=feature, **_common(k), NEED_DK=True, NEED_DV=True,
+            BLOCK_N=block_n, BLOCK_D=bd, BLOCK_DV=bdv, num_warps=_warps(block_n, bd, bdv))
+    return dq, dk, dv
+
+
+@_kernelized_bwd.register_fake
+def _kernelized_bwd_fake(do, q, k, v, pad, kv, z, inv, eps, feature, p, num_splits):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _kernelized_setup_context(ctx, inputs, output) -> None:
+    q, k, v, pad, eps, feature, p, num_splits = inputs
+    _, kv, z, inv = output
+    ctx.save_for_backward(q, k, v, pad, kv, z, inv)  # q, k, v, the mask and the per-head fp32 state only
+    ctx.args = (eps, feature, p, num_splits)
+
+
+def _kernelized_backward(ctx, do, *_):  # the state outputs are not differentiable
+    dq, dk, dv = _kernelized_bwd(do, *ctx.saved_tensors, *ctx.args)
+    return dq, dk, dv, None, None, None, None, None
+
+
+_kernelized_fwd.register_autograd(_kernelized_backward, setup_context=_kernelized_setup_context)
 
 
 def kernelized_attention_triton(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None,
@@ -537,4 +559,4 @@ def kernelized_attention_triton(q: Tensor, k: Tensor, v: Tensor, key_padding_mas
         raise ValueError(f'{name}: feature must be one of {sorted(FEATURES)}, got {feature!r}')
     if feature == 'focused' and not focusing_factor > 0:
         raise ValueError(f'{name}: focusing_factor must be > 0, got {focusing_factor}')
-    return _KernelizedTriton.apply(q, k, v, pad, float(eps), FEATURES[feature], float(focusing_factor), num_splits)
+    return _kernelized_fwd(q, k, v, pad, float(eps), FEATURES[feature], float(focusing_factor), num_splits)[0]

@@ -69,13 +69,14 @@ def size_hint(n) -> int:
     return int(n)
 
 
-def crop_hw(x: Tensor, h, w, dims: Tuple[int, int] = (-2, -1)) -> Tensor:
+def crop_hw(x: Tensor, h, w, dims: Tuple[int, int] = (-2, -1), gather: Optional[bool] = None) -> Tensor:
     """Keep the first ``h`` x ``w`` entries of the two axes ``dims`` (drop bottom/right padding).
 
-    Eager: a slice (a view). Exporting (:func:`is_exporting`): an ``index_select`` of ``arange(h)``, which
-    records no guard on how the symbolic ``h`` compares with the padded size (a slice would freeze that).
+    Eager: a slice (a view). Exporting (:func:`is_exporting`), or ``gather=True``: an ``index_select`` of
+    ``arange(h)``, which records no guard on how the symbolic ``h`` compares with the padded size (a slice would
+    freeze that, and so would a later ``reshape`` of the slice, which has to know whether it is contiguous).
     """
-    if not is_exporting():
+    if not (is_exporting() if gather is None else gather):
         index = [slice(None)] * x.dim()
         index[dims[0]], index[dims[1]] = slice(None, h), slice(None, w)
         return x[tuple(index)]

@@ -166,3 +166,29 @@ def test_wrong_token_count_raises(name):
 def test_heads_must_divide_channels():
     with pytest.raises(ValueError, match='divisible'):
         build_attention('softmax', 30, 4)
+
+
+@pytest.mark.parametrize('masked', [False, True])
+def test_inline_local_term_matches_shifted_sum(masked):
+    """InLine's local term (one grouped conv, batch folded into the groups) equals the independent shifted-sum
+    form of the same dynamic depthwise conv, outputs and gradients in float64, at an odd size with padding."""
+    from linattn_mm.layers.inline import InLineAttention
+    torch.manual_seed(0)
+    layer = InLineAttention(16, 2).double()
+    b, (h, w) = 3, (5, 7)
+    x = torch.randn(b, h * w, 16, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(b, h * w, 16, dtype=torch.float64, requires_grad=True)
+    mask = torch.zeros(b, h * w, dtype=torch.bool)
+    mask[1, -9:] = True
+    mask = mask if masked else None
+
+    def shifted(x, v):
+        weight = layer.residual(layer.masked_token_mean(x, mask)[..., None])
+        return layer._local_term_shifted(weight, layer.to_map(v, (h, w), mask))
+
+    g = torch.randn(b, h * w, 16, dtype=torch.float64)
+    got, want = layer.local_term(x, v, (h, w), mask), shifted(x, v)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    params = [x, v] + list(layer.residual.parameters())
+    for a, e in zip(torch.autograd.grad(got, params, g), torch.autograd.grad(want, params, g)):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)

@@ -304,3 +304,47 @@ def test_large_n_on_gpu(n, d, dtype, tol):
     assert rel_rms(ref.detach(), out.detach()) < tol
     for got, want in zip(grads, torch.autograd.grad(ref, (qd, kd, vd), g.double())):
         assert rel_rms(want, got) < 2 * tol
+
+
+@needs_kernels
+def test_custom_op_registration(small_blocks):
+    """The kernels are opaque torch.library ops: schema, fake (meta) impl, autograd registration and AOTAutograd
+    with dynamic shapes all agree with the real kernels (torch.library.opcheck)."""
+    q, k, v = _inputs(1, 2, 9, 17, 8, 8)  # tiny: opcheck runs the interpreted kernels a dozen times
+    pad = _mask(1, 17, 'ragged').view(torch.uint8)
+    torch.library.opcheck(torch.ops.linattn_mm.inline_triton_fwd.default, (q, k, v, pad, None))
+    out, state, mk, mv, inv = torch.ops.linattn_mm.inline_triton_fwd(q, k, v, pad, None)
+    do = torch.randn_like(out)
+    args = [t.detach() for t in (do, q, k, v, pad, state, mk, mv, inv)]
+    torch.library.opcheck(torch.ops.linattn_mm.inline_triton_bwd.default, (*args, None))
+
+
+@needs_kernels
+def test_compiles_fullgraph_through_the_custom_op(small_blocks):
+    """A layer that calls the fused op compiles with fullgraph=True (no graph break at the Triton launch) across
+    sizes; outputs and gradients equal eager."""
+    from linattn_mm.ops import inline_attention
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.proj = torch.nn.Linear(16, 48), torch.nn.Linear(16, 16)
+
+        def forward(self, x, mask):
+            q, k, v = (t.unflatten(-1, (2, 8)).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+            out = inline_attention(q, k, v, key_padding_mask=mask, backend='triton')
+            return self.proj(out.transpose(1, 2).flatten(2))
+
+    torch.manual_seed(0)
+    layer = Layer().to(DEV)
+    compiled = torch.compile(layer, backend='aot_eager', fullgraph=True)
+    for n in (20, 33):
+        x = torch.randn(2, n, 16, device=DEV)
+        mask = _mask(2, n, 'ragged')
+        results = []
+        for f in (layer, compiled):
+            layer.zero_grad(set_to_none=True)
+            f(x, mask).square().mean().backward()
+            results.append([f(x, mask).detach()] + [p.grad.clone() for p in layer.parameters()])
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -245,7 +245,7 @@ def test_strided_inputs_and_output_layout():
 @needs_kernels
 @pytest.mark.parametrize('which', ['q', 'kv'])
 def test_partial_requires_grad(which):
-    """Only the gradients asked for are computed (dq alone skips the key pass and the reduction)."""
+    """Only some inputs require a gradient: those are right (the backward op computes all three)."""
     q, k, v = _inputs(2, 2, 5, 6, 16, 16)
     kpm = _mask(2, 6, 'ragged')
     leaves = (q,) if which == 'q' else (k, v)
@@ -269,6 +269,49 @@ def test_empty_sequences(nq, nk):
     assert out.shape == (2, 2, nq, 16) and torch.all(out == 0)
     grads = torch.autograd.grad(out.sum(), (q, k, v))
     assert all(gr.shape == t.shape and torch.all(gr == 0) for gr, t in zip(grads, (q, k, v)))
+
+
+@needs_kernels
+@pytest.mark.parametrize('feature', ['focused'])  # the features differ only in a constexpr of the same kernels
+def test_custom_op_registration(feature, small_blocks):
+    """The kernels are opaque torch.library ops: schema, fake (meta) impl, autograd registration and AOTAutograd
+    with dynamic shapes agree with the real kernels (torch.library.opcheck)."""
+    q, k, v = _inputs(1, 2, 9, 17, 8, 8)  # tiny: opcheck runs the interpreted kernels a dozen times
+    pad = _mask(1, 17, 'ragged').view(torch.uint8)
+    args = (q, k, v, pad, 1e-6, kt.FEATURES[feature], 3., None)
+    torch.library.opcheck(torch.ops.linattn_mm.kernelized_triton_fwd.default, args)
+    out, kv, z, inv = torch.ops.linattn_mm.kernelized_triton_fwd(*args)
+    bwd = [t.detach() for t in (torch.randn_like(out), q, k, v, pad, kv, z, inv)]
+    torch.library.opcheck(torch.ops.linattn_mm.kernelized_triton_bwd.default, (*bwd, *args[4:]))
+
+
+@needs_kernels
+def test_compiles_fullgraph_through_the_custom_op(small_blocks):
+    """A layer calling the fused op compiles with fullgraph=True (no graph break at the Triton launch) across
+    sizes; outputs and gradients equal eager."""
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.proj = torch.nn.Linear(16, 48), torch.nn.Linear(16, 16)
+
+        def forward(self, x, mask):
+            q, k, v = (t.unflatten(-1, (2, 8)).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+            out = focused_linear_attention(q, k, v, key_padding_mask=mask, backend='triton')
+            return self.proj(out.transpose(1, 2).flatten(2))
+
+    torch.manual_seed(0)
+    layer = Layer().to(DEV)
+    compiled = torch.compile(layer, backend='aot_eager', fullgraph=True)
+    for n in (20, 33):
+        x = torch.randn(2, n, 16, device=DEV)
+        mask = _mask(2, n, 'ragged')
+        results = []
+        for f in (layer, compiled):
+            layer.zero_grad(set_to_none=True)
+            f(x, mask).square().mean().backward()
+            results.append([f(x, mask).detach()] + [p.grad.clone() for p in layer.parameters()])
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 # ---- selection and validation (no kernel launches) ----

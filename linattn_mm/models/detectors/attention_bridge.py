@@ -33,24 +33,62 @@ BRIDGE_ATTENTIONS = ('softmax', 'inline', 'taylorshift', 'linformer', 'linear', 
                      'performer', 'nystrom')
 
 
-def valid_hw(key_padding_mask: Tensor, hw: Sequence[int]) -> Optional[Tuple[Tensor, Tensor]]:
-    """Per-sample valid height/width of a top-left-aligned padded grid, or None if not rectangular.
+def valid_rect(key_padding_mask: Tensor, h, w) -> Tuple[Tensor, Tensor, Tensor]:
+    """Per-sample valid height/width of a top-left-aligned padded grid, computed on the device (no host sync).
 
     Args:
         key_padding_mask: ``(B, h*w)`` bool, True = padding.
-        hw: ``(h, w)``.
+        h, w: the grid (ints or symbolic sizes).
 
     Returns:
-        ``(vh, vw)`` int tensors ``(B,)``, or None when some sample's valid region is not the top-left
-        ``vh x vw`` rectangle (mmdet pads bottom/right, so this is the normal case).
+        ``(vh, vw, is_rect)``, each ``(B,)``: the valid rows and columns counted along the first column and
+        row, and whether the valid region is exactly the top-left ``vh x vw`` rectangle (mmdet pads
+        bottom/right, so this is the normal case).
     """
-    h, w = int(hw[0]), int(hw[1])
     m = key_padding_mask.view(-1, h, w)
     vh = (~m[:, :, 0]).sum(1)
     vw = (~m[:, 0, :]).sum(1)
     rows = torch.arange(h, device=m.device)[None, :, None] < vh[:, None, None]
     cols = torch.arange(w, device=m.device)[None, None, :] < vw[:, None, None]
-    return (vh, vw) if torch.equal(~(rows & cols), m) else None
+    return vh, vw, ((~(rows & cols)) == m).flatten(1).all(1)
+
+
+def valid_hw(key_padding_mask: Tensor, hw: Sequence[int]) -> Optional[Tuple[Tensor, Tensor]]:
+    """:func:`valid_rect` as ``(vh, vw)``, or None when some sample's valid region is not the top-left
+    rectangle. Reads the answer on the host: for inspection and tests; the layer uses :func:`valid_rect`."""
+    vh, vw, is_rect = valid_rect(key_padding_mask, hw[0], hw[1])
+    return (vh, vw) if bool(is_rect.all()) else None
+
+
+def resize_to_valid(p: Tensor, h, w, vh: Tensor, vw: Tensor) -> Tensor:
+    """Resize a ``(Kp, rh, rw)`` projection to each sample's valid ``vh x vw`` region of the ``(h, w)`` grid.
+
+    Equal to ``F.interpolate(p[None], size=(vh_b, vw_b), mode='bilinear', align_corners=False)`` placed in the
+    top-left corner of a zero ``(h, w)`` map, for every sample at once: the sampling positions
+    ``(i + 0.5) * rh / vh_b - 0.5`` (clamped to the map, as interpolate does) are one ``grid_sample`` with
+    border padding, so the sizes never leave the device (no ``.tolist()``, no per-sample loop).
+
+    Args:
+        p: ``(Kp, rh, rw)``.
+        h, w: the key grid.
+        vh, vw: ``(B,)`` int, valid rows / columns per sample (0 allowed: an all-zero projection).
+
+    Returns:
+        ``(B, Kp, h, w)``, zero outside each sample's valid rectangle.
+    """
+    b, dev, dt = vh.shape[0], p.device, p.dtype
+
+    def coords(n, valid: Tensor) -> Tensor:  # (B, n) normalised sampling positions, align_corners=False
+        i = torch.arange(n, device=dev, dtype=dt)[None]
+        return 2 * (i + 0.5) / valid.clamp_min(1).to(dt)[:, None] - 1
+
+    ys, xs = coords(h, vh), coords(w, vw)
+    grid = torch.stack(torch.broadcast_tensors(xs[:, None, :], ys[:, :, None]), -1)   # (B, h, w, 2), x first
+    out = F.grid_sample(p[None].expand(b, -1, -1, -1), grid, mode='bilinear', padding_mode='border',
+                        align_corners=False)
+    inside = ((torch.arange(h, device=dev)[None] < vh[:, None])[:, :, None]
+              & (torch.arange(w, device=dev)[None] < vw[:, None])[:, None, :])          # (B, h, w)
+    return out * inside[:, None].to(dt)
 
 
 class LinearMultiheadAttention(nn.Module):
@@ -149,7 +187,7 @@ class LinearMultiheadAttention(nn.Module):
         n = math.prod(size)
         if tuple(p.shape[1:]) != tuple(size):
             mode = 'bilinear' if p.dim() == 3 else 'linear'
-            p = F.interpolate(p[None], size=tuple(int(s) for s in size), mode=mode, align_corners=False)[0]
+            p = F.interpolate(p[None], size=tuple(size), mode=mode, align_corners=False)[0]
         return p.reshape(p.shape[0], n) * (self.ref_tokens / n)
 
     def _linformer(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor],
@@ -161,24 +199,21 @@ class LinearMultiheadAttention(nn.Module):
         if spatial_shape is None:
             raise ValueError('LinearMultiheadAttention(linformer, grid_keys=True) needs spatial_shape=(h, w) '
                              '(LinearDETR passes it down to its layers)')
-        h, w = int(spatial_shape[0]), int(spatial_shape[1])
+        h, w = spatial_shape[0], spatial_shape[1]  # no int(): symbolic sizes stay symbolic under torch.compile
         if h * w != nk:
             raise ValueError(f'LinearMultiheadAttention: spatial_shape {(h, w)} does not match {nk} keys')
-        hw = valid_hw(mask, (h, w)) if mask is not None and bool(mask.any()) else None
-        if hw is None:  # no padding (or not a rectangle: resize to the full grid; padded keys zeroed by the op)
-            e, f = self._resized(self.proj_k, (h, w)), self._resized(self.proj_v, (h, w))
-            return linformer_attention(q, k, v, e, f, key_padding_mask=mask)
-        outs = []
-        for b, (vh, vw) in enumerate(zip(hw[0].tolist(), hw[1].tolist())):
-            if vh == 0 or vw == 0:  # no valid key: zeros, the ops' convention
-                outs.append(q.new_zeros(1, *q.shape[1:3], v.shape[-1]))
-                continue
-            # the sample's valid rectangle, in row-major order: exactly the tokens it has when alone
-            kb = k[b:b + 1].unflatten(2, (h, w))[:, :, :vh, :vw].flatten(2, 3)
-            vb = v[b:b + 1].unflatten(2, (h, w))[:, :, :vh, :vw].flatten(2, 3)
-            e, f = self._resized(self.proj_k, (vh, vw)), self._resized(self.proj_v, (vh, vw))
-            outs.append(linformer_attention(q[b:b + 1], kb, vb, e, f))
-        return torch.cat(outs, 0)
+        e, f = self._resized(self.proj_k, (h, w)), self._resized(self.proj_v, (h, w))
+        if mask is None:
+            return linformer_attention(q, k, v, e, f)
+        # per sample: E / F resized to its valid rectangle (exactly the projection it gets when alone); a sample
+        # whose valid region is not a top-left rectangle keeps the full-grid one (its padded keys zeroed by the
+        # op). Branch-free over the batch, so nothing waits on the device.
+        vh, vw, is_rect = valid_rect(mask, h, w)
+        scale = (self.ref_tokens / (vh * vw).clamp_min(1).to(e.dtype))[:, None, None]      # (B, 1, 1)
+        is_rect = is_rect[:, None, None]
+        e = torch.where(is_rect, resize_to_valid(self.proj_k, h, w, vh, vw).flatten(2) * scale, e)
+        f = torch.where(is_rect, resize_to_valid(self.proj_v, h, w, vh, vw).flatten(2) * scale, f)
+        return linformer_attention(q, k, v, e[:, None], f[:, None], key_padding_mask=mask)  # (B, 1, Kp, Nk)
 
     # ------------------------------------------------------------------ forward
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor], attn_mask: Optional[Tensor],

@@ -91,7 +91,7 @@ class LinearDETR(DETR):
 
     def pre_transformer(self, img_feats: Tuple[Tensor], batch_data_samples=None) -> Tuple[Dict, Dict]:
         enc, dec = super().pre_transformer(img_feats, batch_data_samples)
-        hw = tuple(int(s) for s in img_feats[-1].shape[-2:])
+        hw = tuple(img_feats[-1].shape[-2:])  # sizes, not ints: symbolic under torch.compile
         enc['spatial_shape'] = hw
         dec['spatial_shape'] = hw
         return enc, dec

@@ -377,52 +377,75 @@ def _affine(x: Tensor, w: Tensor, bias: Optional[Tensor], pad: Optional[Tensor],
     return out
 
 
-class _InLineTriton(torch.autograd.Function):
-    """Autograd wrapper: saves only q, k, v, the mask and the per-head (D x Dv) state."""
+# The entry point is a pair of opaque custom ops (torch.library): dynamo and inductor trace a call as one node (its
+# fake impl gives the output shapes and strides) instead of breaking the graph at Triton's launcher, and
+# AOTAutograd differentiates it through the registered backward op.
+@torch.library.custom_op('linattn_mm::inline_triton_fwd', mutates_args=())
+def _inline_fwd(q: Tensor, k: Tensor, v: Tensor, pad: Optional[Tensor],
+                num_splits: Optional[int]) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Forward kernels: ``out`` ``(B, H, Nq, Dv)`` (``(B, Nq, H, Dv)`` memory) and what the backward needs, the
+    per-head state ``(B*H, BD, BDv)``, ``mean(K)`` ``(B*H, BD)``, ``mean(V)`` ``(B*H, BDv)``, ``1/N`` ``(B*H,)``."""
+    b, h, nq, d = q.shape
+    nk, dv = k.shape[2], v.shape[3]
+    bd, bdv = _pow2_block(d), _pow2_block(dv)
+    f32 = dict(dtype=torch.float32, device=q.device)
+    part_m2, part_mk, part_mv, part_n = _reduce(k, v, pad, True, num_splits)
+    state = torch.empty(b * h, bd, bdv, **f32)
+    mk, mv, inv = torch.empty(b * h, bd, **f32), torch.empty(b * h, bdv, **f32), torch.empty(b * h, **f32)
+    _combine_fwd_kernel[(b * h,)](
+        part_m2, part_mk, part_mv, part_n, state, mk, mv, inv, part_m2.shape[1], d ** -0.5,
+        BLOCK_DX=bd, BLOCK_DY=bdv, num_warps=4)
+    out = torch.empty(b, nq, h, dv, dtype=q.dtype, device=q.device).transpose(1, 2)
+    _affine(q, state, mv, None, out)
+    return out, state, mk, mv, inv
 
-    @staticmethod
-    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, pad: Optional[Tensor],
-                num_splits: Optional[int]) -> Tensor:
-        b, h, nq, d = q.shape
-        nk, dv = k.shape[2], v.shape[3]
-        bd, bdv = _pow2_block(d), _pow2_block(dv)
-        f32 = dict(dtype=torch.float32, device=q.device)
-        part_m2, part_mk, part_mv, part_n = _reduce(k, v, pad, True, num_splits)
-        state = torch.empty(b * h, bd, bdv, **f32)
-        mk, mv, inv = torch.empty(b * h, bd, **f32), torch.empty(b * h, bdv, **f32), torch.empty(b * h, **f32)
-        _combine_fwd_kernel[(b * h,)](
-            part_m2, part_mk, part_mv, part_n, state, mk, mv, inv, part_m2.shape[1], d ** -0.5,
-            BLOCK_DX=bd, BLOCK_DY=bdv, num_warps=4)
-        out = torch.empty(b, nq, h, dv, dtype=q.dtype, device=q.device).transpose(1, 2)
-        _affine(q, state, mv, None, out)
-        ctx.save_for_backward(q, k, v, pad, state, mk, mv, inv)
-        ctx.num_splits = num_splits
-        return out
 
-    @staticmethod
-    def backward(ctx, do: Tensor):
-        q, k, v, pad, state, mk, mv, inv = ctx.saved_tensors
-        need_q, need_k, need_v = ctx.needs_input_grad[:3]
-        do = do if do.dtype == q.dtype else do.to(q.dtype)  # the dots need one operand dtype
-        bh, bd, bdv = state.shape
-        dq = dk = dv = None
-        if need_k or need_v:
-            dq = torch.empty_like(q) if need_q else None
-            part_ds, _, part_do, _ = _reduce(q, do, None, False, ctx.num_splits,
-                                             w=state if need_q else None, out=dq)
-            f32 = dict(dtype=torch.float32, device=q.device)
-            wk, wv = torch.empty(bh, bdv, bd, **f32), torch.empty(bh, bd, bdv, **f32)
-            bk, bv = torch.empty(bh, bd, **f32), torch.empty(bh, bdv, **f32)
-            _combine_bwd_kernel[(bh,)](
-                part_ds, part_do, mk, mv, inv, wk, bk, wv, bv, part_ds.shape[1], q.shape[-1] ** -0.5,
-                BLOCK_DX=bd, BLOCK_DY=bdv, num_warps=4)
-            if need_k:
-                dk = _affine(v, wk, bk, pad, torch.empty_like(k))
-            if need_v:
-                dv = _affine(k, wv, bv, pad, torch.empty_like(v))
-        elif need_q:  # dQ alone: no reduction needed
-            dq = _affine(do, state.transpose(1, 2).contiguous(), None, None, torch.empty_like(q))
-        return dq, dk, dv, None, None
+@_inline_fwd.register_fake
+def _inline_fwd_fake(q, k, v, pad, num_splits):
+    b, h, nq, d = q.shape
+    dv = v.shape[3]
+    bd, bdv = _pow2_block(d), _pow2_block(dv)
+    f32 = dict(dtype=torch.float32, device=q.device)
+    out = q.new_empty(b, nq, h, dv).transpose(1, 2)
+    return (out, q.new_empty(b * h, bd, bdv, **f32), q.new_empty(b * h, bd, **f32), q.new_empty(b * h, bdv, **f32),
+            q.new_empty(b * h, **f32))
+
+
+@torch.library.custom_op('linattn_mm::inline_triton_bwd', mutates_args=())
+def _inline_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, pad: Optional[Tensor], state: Tensor, mk: Tensor,
+                mv: Tensor, inv: Tensor, num_splits: Optional[int]) -> Tuple[Tensor, Tensor, Tensor]:
+    """Backward kernels: ``dq, dk, dv`` (the strides of ``empty_like`` of q, k, v)."""
+    do = do if do.dtype == q.dtype else do.to(q.dtype)  # the dots need one operand dtype
+    bh, bd, bdv = state.shape
+    dq = torch.empty_like(q)
+    part_ds, _, part_do, _ = _reduce(q, do, None, False, num_splits, w=state, out=dq)
+    f32 = dict(dtype=torch.float32, device=q.device)
+    wk, wv = torch.empty(bh, bdv, bd, **f32), torch.empty(bh, bd, bdv, **f32)
+    bk, bv = torch.empty(bh, bd, **f32), torch.empty(bh, bdv, **f32)
+    _combine_bwd_kernel[(bh,)](
+        part_ds, part_do, mk, mv, inv, wk, bk, wv, bv, part_ds.shape[1], q.shape[-1] ** -0.5,
+        BLOCK_DX=bd, BLOCK_DY=bdv, num_warps=4)
+    return dq, _affine(v, wk, bk, pad, torch.empty_like(k)), _affine(k, wv, bv, pad, torch.empty_like(v))
+
+
+@_inline_bwd.register_fake
+def _inline_bwd_fake(do, q, k, v, pad, state, mk, mv, inv, num_splits):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _inline_setup_context(ctx, inputs, output) -> None:
+    q, k, v, pad, num_splits = inputs
+    _, state, mk, mv, inv = output
+    ctx.save_for_backward(q, k, v, pad, state, mk, mv, inv)  # q, k, v, the mask and the (D x Dv) state only
+    ctx.num_splits = num_splits
+
+
+def _inline_backward(ctx, do, *_):  # the state outputs are not differentiable
+    dq, dk, dv = _inline_bwd(do, *ctx.saved_tensors, ctx.num_splits)
+    return dq, dk, dv, None, None
+
+
+_inline_fwd.register_autograd(_inline_backward, setup_context=_inline_setup_context)
 
 
 def inline_attention_triton(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Optional[Tensor] = None,
@@ -445,4 +468,4 @@ def inline_attention_triton(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: O
         ValueError: on inconsistent shapes/dtypes/devices, or head dims above 128.
     """
     pad = check_triton_inputs(q, k, v, key_padding_mask, 'inline_attention_triton')
-    return _InLineTriton.apply(q, k, v, pad, num_splits)
+    return _inline_fwd(q, k, v, pad, num_splits)[0]

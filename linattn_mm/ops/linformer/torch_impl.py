@@ -32,8 +32,9 @@ def linformer_attention(q: Tensor, k: Tensor, v: Tensor, proj_k: Tensor, proj_v:
         q: ``(B, H, Nq, D)`` queries.
         k: ``(B, H, Nk, D)`` keys.
         v: ``(B, H, Nk, Dv)`` values.
-        proj_k: E, ``(Kp, Nk)`` shared over heads or ``(H, Kp, Nk)`` per head. Cast to q's dtype, so an
-            fp32 parameter works with half-precision activations (the gradient flows back in fp32).
+        proj_k: E, ``(Kp, Nk)`` shared over heads, ``(H, Kp, Nk)`` per head or ``(B, 1 or H, Kp, Nk)`` per
+            sample. Cast to q's dtype, so an fp32 parameter works with half-precision activations (the
+            gradient flows back in fp32).
         proj_v: F, same shape rules as ``proj_k`` and the same Kp.
         key_padding_mask: ``(B, Nk)`` bool, True = padding; padded rows of K and V are zeroed before the
             projection (they contribute nothing).
@@ -49,7 +50,7 @@ def linformer_attention(q: Tensor, k: Tensor, v: Tensor, proj_k: Tensor, proj_v:
     check_qkv(q, k, v, key_padding_mask, name=name)
     check_projections(proj_k, proj_v, k, name)
     k, v = zero_padded(k, v, key_padding_mask)
-    # (Kp, Nk) or (H, Kp, Nk) broadcast against (B, H, Nk, D): one matmul, no copy of E per sample
+    # (Kp, Nk), (H, Kp, Nk) or (B, 1|H, Kp, Nk) broadcast against (B, H, Nk, D): one matmul, no copy of E per sample
     kp = proj_k.to(k.dtype) @ k                                            # (B, H, Kp, D)
     vp = proj_v.to(v.dtype) @ v                                            # (B, H, Kp, Dv)
     out = F.scaled_dot_product_attention(q, kp, vp)                        # scale = D ** -0.5
