@@ -183,3 +183,32 @@ def run_in_interpreter(test_file: str):
     return subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', '-m', 'not slow',
                            os.path.abspath(test_file)], cwd=root, env=env, capture_output=True, text=True,
                           timeout=600)
+
+
+def assert_attention_layer_compiles_fullgraph(attention: Callable, mask: Callable, device) -> None:
+    """A tiny layer around ``attention(q, k, v, key_padding_mask=...)`` (a fused op with ``backend='triton'``)
+    compiles with ``fullgraph=True`` (no graph break at the kernel launch) across two sizes, and its outputs and
+    parameter gradients equal eager. ``mask(b, n)``: the padding mask of a batch."""
+
+    class Layer(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.qkv, self.proj = torch.nn.Linear(16, 48), torch.nn.Linear(16, 16)
+
+        def forward(self, x, kpm):
+            q, k, v = (t.unflatten(-1, (2, 8)).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
+            return self.proj(attention(q, k, v, key_padding_mask=kpm).transpose(1, 2).flatten(2))
+
+    torch.manual_seed(0)
+    layer = Layer().to(device)
+    compiled = torch.compile(layer, backend='aot_eager', fullgraph=True)
+    for n in (20, 33):
+        x = torch.randn(2, n, 16, device=device)
+        kpm = mask(2, n)
+        results = []
+        for f in (layer, compiled):
+            layer.zero_grad(set_to_none=True)
+            f(x, kpm).square().mean().backward()
+            results.append([f(x, kpm).detach()] + [p.grad.clone() for p in layer.parameters()])
+        for a, b in zip(*results):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -11,11 +11,13 @@ in a fresh interpreter with the variable set, as ``test_inline_triton.py`` does.
 skipped. Interpreter runs are slow: shapes are tiny, and blocks are shrunk to 16 tokens to reach multi-block
 tails.
 """
+import functools
+
 import pytest
 import torch
 
-from tests._helpers import (import_kernel_modules, kernel_module_tests, kernel_test_setup, padding_mask,
-                            prepare_triton_interpreter, rel_rms, requires_cuda, with_garbage)
+from tests._helpers import (assert_attention_layer_compiles_fullgraph, import_kernel_modules, kernel_module_tests,
+                            kernel_test_setup, padding_mask, prepare_triton_interpreter, rel_rms, requires_cuda, with_garbage)
 
 _TRITON_PREIMPORTED = prepare_triton_interpreter()   # before linattn_mm (and with it, maybe triton) is imported
 
@@ -289,29 +291,8 @@ def test_custom_op_registration(feature, small_blocks):
 def test_compiles_fullgraph_through_the_custom_op(small_blocks):
     """A layer calling the fused op compiles with fullgraph=True (no graph break at the Triton launch) across
     sizes; outputs and gradients equal eager."""
-    class Layer(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.qkv, self.proj = torch.nn.Linear(16, 48), torch.nn.Linear(16, 16)
-
-        def forward(self, x, mask):
-            q, k, v = (t.unflatten(-1, (2, 8)).transpose(1, 2) for t in self.qkv(x).chunk(3, -1))
-            out = focused_linear_attention(q, k, v, key_padding_mask=mask, backend='triton')
-            return self.proj(out.transpose(1, 2).flatten(2))
-
-    torch.manual_seed(0)
-    layer = Layer().to(DEV)
-    compiled = torch.compile(layer, backend='aot_eager', fullgraph=True)
-    for n in (20, 33):
-        x = torch.randn(2, n, 16, device=DEV)
-        mask = _mask(2, n, 'ragged')
-        results = []
-        for f in (layer, compiled):
-            layer.zero_grad(set_to_none=True)
-            f(x, mask).square().mean().backward()
-            results.append([f(x, mask).detach()] + [p.grad.clone() for p in layer.parameters()])
-        for a, b in zip(*results):
-            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert_attention_layer_compiles_fullgraph(
+        functools.partial(focused_linear_attention, backend='triton'), lambda b, n: _mask(b, n, 'ragged'), DEV)
 
 
 # ---- selection and validation (no kernel launches) ----
