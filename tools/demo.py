@@ -10,6 +10,7 @@ Steps (each a plain command of this repository, run in order; their logs stream 
        nuclei instances   Mask R-CNN + FPN, LinPVT-XT with InLine attention
        NEON tree crowns   Faster R-CNN + FPN, LinPVT-XT with InLine attention
        nuclei semantic    Semantic FPN, LinPVT-S with InLine attention
+     + the tree detector on the whole NEON images (up to 2299 x 2472), one pass each (tools/full_res.py)
   3. tools/benchmark.py at op level (InLine, TaylorShift, Linformer vs softmax/SDPA) with its plot
   4. a summary: COCO AP / AP50 and mIoU on the held-out tiles against the targets, wall time of each step
 
@@ -38,6 +39,9 @@ JOBS = [
     ('nuclei_seg', 'configs/nuclei_seg/fpn_linpvt-small-inline_1xb4-150it_nuclei-256x256.py', 150,
      ['aAcc', 'mIoU', 'mAcc'], {'mIoU': 75.0}),
 ]
+# the second LR scheduler of a job's config where it is not the default (detection: step, segmentation: poly),
+# e.g. {'trees_det': 'cosine'} for configs/trees/faster-rcnn_linpvt-xt-inline_fpn-gn-4conv_300it_trees.py
+SCHEDULES = {}
 METRIC_RE = re.compile(r'((?:coco/)?[A-Za-z_0-9]+):\s+(-?[0-9.]+)')
 
 
@@ -90,6 +94,8 @@ def main(argv=None):
     kinds = sorted({DATA[j][0] for j in args.only if j in DATA}) if args.only else []
     if kinds:
         prep += ['--only'] + kinds
+    if not args.only or 'trees' in kinds:  # the whole NEON images too, for the full-resolution pass
+        prep += ['--trees-full']
     if kinds or not args.only:  # everything, or the data of the chosen jobs (none for the benchmark alone)
         rc, _, dt = run(prep, os.path.join(wd, 'prepare_data.log'), env)
         timings.append(('prepare data', dt))
@@ -113,10 +119,14 @@ def main(argv=None):
         if n != iters:  # a scaled run keeps the schedule's shape
             opts += [f'train_cfg.max_iters={n}', f'default_hooks.checkpoint.interval={n}',
                      f'param_scheduler.0.end={max(1, n // 10)}', f'param_scheduler.1.end={n}']
-            if name.endswith('_det'):  # MultiStepLR: step at 80%
+            warm = max(1, n // 10)
+            kind = SCHEDULES.get(name, 'step' if name.endswith('_det') else 'poly')
+            if kind == 'step':  # MultiStepLR: step at 80%
                 opts.append(f'param_scheduler.1.milestones=[{max(1, int(n * 0.8))}]')
+            elif kind == 'cosine':  # CosineAnnealingLR after the warm-up, down to the end
+                opts += [f'param_scheduler.1.begin={warm}', f'param_scheduler.1.T_max={max(1, n - warm)}']
             else:  # PolyLR after the warm-up
-                opts.append(f'param_scheduler.1.begin={max(1, n // 10)}')
+                opts.append(f'param_scheduler.1.begin={warm}')
         rc, _, dt_train = run([py, 'tools/train.py', config, '--work-dir', job_dir, '--cfg-options'] + opts,
                               os.path.join(wd, f'{name}_train.log'), env)
         if rc != 0:
@@ -140,6 +150,19 @@ def main(argv=None):
             target = targets.get(k)
             ok = '' if target is None else ('yes' if m[k] >= target else 'no')
             results.append((name, k, m[k], target, ok))
+        if name == 'trees_det':  # the same detector on the whole images, one pass each (tools/full_res.py)
+            fr_dir = os.path.join(job_dir, 'full_res')
+            rc, _, dt_full = run([py, 'tools/full_res.py', config, ckpt, '--out-dir', fr_dir,
+                                  '--data', os.path.join(data_dir, 'trees', 'full')],
+                                 os.path.join(wd, 'trees_full_res.log'), env)
+            timings.append(('trees_det: whole images, one pass each + drawing', dt_full))
+            if rc != 0:
+                failures.append(f'trees full resolution failed (rc {rc}), see {wd}/trees_full_res.log')
+            else:
+                with open(os.path.join(fr_dir, 'full_res.json')) as f:
+                    fr = json.load(f)
+                results += [('trees_full_res', f'box AP50 {part}', fr[part]['AP50'], None, '')
+                            for part in ('heldout', 'whole')]
 
     if not args.only or 'benchmark' in args.only:
         rc, _, dt = run([py, 'tools/benchmark.py', '--level', 'op', '--attn', 'inline', 'taylorshift', 'linformer',

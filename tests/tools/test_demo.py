@@ -41,3 +41,20 @@ def test_demo_runs_nuclei_jobs_on_synthetic_data(wheels, tmp_path):  # noqa: F81
     drawn = [f for d, _, fs in os.walk(wd) if 'predictions' in d for f in fs if f.endswith('.png')]
     assert drawn, 'no prediction images were drawn'
     assert not (tmp_path / 'data' / 'trees').exists()  # only the data the chosen jobs need
+
+
+@pytest.mark.slow
+def test_demo_trees_job_with_the_full_resolution_pass(wheels, tmp_path):  # noqa: F811
+    wd = tmp_path / 'wd'
+    r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'demo.py'), '--only', 'trees_det',
+                        '--iters-scale', '0.01', '--threads', '1', '--work-dir', str(wd),
+                        '--data-dir', str(tmp_path / 'data'), '--wheel-dir', str(wheels)],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    summary = json.loads((wd / 'summary.json').read_text())
+    got = {(x['job'], x['metric']) for x in summary['results']}
+    assert {('trees_det', 'coco/bbox_mAP_50'), ('trees_full_res', 'box AP50 heldout'),
+            ('trees_full_res', 'box AP50 whole')} <= got
+    full = json.loads((wd / 'trees_det' / 'full_res' / 'full_res.json').read_text())
+    assert [[i['height'], i['width']] for i in full['images']] == [i['input_hw'] for i in full['images']]
+    assert (wd / 'trees_det' / 'full_res' / 'OSBS_029.jpg').exists()
