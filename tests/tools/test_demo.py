@@ -43,18 +43,45 @@ def test_demo_runs_nuclei_jobs_on_synthetic_data(wheels, tmp_path):  # noqa: F81
     assert not (tmp_path / 'data' / 'trees').exists()  # only the data the chosen jobs need
 
 
-@pytest.mark.slow
-def test_demo_trees_job_with_the_full_resolution_pass(wheels, tmp_path):  # noqa: F811
+def _fake_commands(calls):
+    """A stand-in for demo.run: records each command, answers like train/test/full_res would."""
+    def fake_run(cmd, log_path, env=None):
+        calls.append(cmd)
+        if cmd[1] == 'tools/test.py':
+            return 0, 'x - Iter(test) [17/17]    coco/bbox_mAP: 0.1000  coco/bbox_mAP_50: 0.3100  time: 1.0', 1.0
+        if cmd[1] == 'tools/full_res.py':
+            out = cmd[cmd.index('--out-dir') + 1]
+            os.makedirs(out)
+            with open(os.path.join(out, 'full_res.json'), 'w') as f:
+                json.dump(dict(heldout=dict(AP=0.1, AP50=0.25), whole=dict(AP=0.2, AP50=0.4)), f)
+        return 0, '', 1.0
+    return fake_run
+
+
+def test_trees_job_runs_the_full_resolution_pass(tmp_path, monkeypatch):
+    """The demo's wiring with the commands faked: whole images prepared, full_res.py run on the trees
+    checkpoint, its held-out and whole-image AP50 in the summary."""
+    calls = []
+    monkeypatch.setattr(demo, 'run', _fake_commands(calls))
     wd = tmp_path / 'wd'
-    r = subprocess.run([sys.executable, os.path.join(ROOT, 'tools', 'demo.py'), '--only', 'trees_det',
-                        '--iters-scale', '0.01', '--threads', '1', '--work-dir', str(wd),
-                        '--data-dir', str(tmp_path / 'data'), '--wheel-dir', str(wheels)],
-                       capture_output=True, text=True, timeout=600, cwd=ROOT)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    summary = json.loads((wd / 'summary.json').read_text())
-    got = {(x['job'], x['metric']) for x in summary['results']}
-    assert {('trees_det', 'coco/bbox_mAP_50'), ('trees_full_res', 'box AP50 heldout'),
-            ('trees_full_res', 'box AP50 whole')} <= got
-    full = json.loads((wd / 'trees_det' / 'full_res' / 'full_res.json').read_text())
-    assert [[i['height'], i['width']] for i in full['images']] == [i['input_hw'] for i in full['images']]
-    assert (wd / 'trees_det' / 'full_res' / 'OSBS_029.jpg').exists()
+    demo.main(['--only', 'trees_det', '--iters-scale', '0.01', '--work-dir', str(wd), '--data-dir', str(tmp_path)])
+    prep, train, test, full = calls
+    assert prep[1] == 'tools/prepare_data.py' and '--trees-full' in prep and prep[prep.index('--only') + 1] == 'trees'
+    assert train[1] == 'tools/train.py' and 'param_scheduler.1.milestones=[2]' in train
+    assert full[2] == train[2] and full[3] == os.path.join(str(wd), 'trees_det', 'iter_3.pth')
+    assert full[full.index('--data') + 1] == os.path.join(str(tmp_path), 'trees', 'full')
+    got = {(r['job'], r['metric']): r['value'] for r in json.loads((wd / 'summary.json').read_text())['results']}
+    assert got == {('trees_det', 'coco/bbox_mAP'): 0.1, ('trees_det', 'coco/bbox_mAP_50'): 0.31,
+                   ('trees_full_res', 'box AP50 heldout'): 0.25, ('trees_full_res', 'box AP50 whole'): 0.4}
+    assert 'trees_full_res' in (wd / 'summary.md').read_text()
+
+
+def test_a_cosine_schedule_is_scaled_with_its_warm_up(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(demo, 'run', _fake_commands(calls))
+    monkeypatch.setitem(demo.SCHEDULES, 'trees_det', 'cosine')
+    demo.main(['--only', 'trees_det', '--iters-scale', '0.1', '--work-dir', str(tmp_path / 'wd'),
+               '--data-dir', str(tmp_path)])
+    train = calls[1]
+    assert 'param_scheduler.1.begin=3' in train and 'param_scheduler.1.T_max=27' in train
+    assert not any('milestones' in c for c in train)
