@@ -153,10 +153,10 @@ def prepare_trees(out, wheel, tile=512, overlap=64, min_area=16, min_frac=0.3):
 def prepare_trees_full(out, wheel, min_area=16, min_frac=0.3):
     """The whole NEON images (no tiling) with all their boxes, for one-pass full-resolution inference.
 
-    Writes ``images/<stem>.png`` and two COCO files over the same images: ``instances_full.json`` (every box of
-    the whole image; its left part is the tiles' training region) and ``instances_full_heldout.json`` (the
-    boxes of the held-out strip x >= 0.7 W, clipped by the tiles' rule :func:`clip_boxes`). Each image entry
-    carries ``heldout_x0``, where its held-out strip starts.
+    Writes ``images/<stem>.png`` and two COCO files over the same images: ``instances_full.json`` (every box
+    of the whole image, clipped to it; its left part is the tiles' training region) and
+    ``instances_full_heldout.json`` (the boxes of the held-out strip x >= 0.7 W, clipped by the tiles' rule
+    :func:`clip_boxes`). Each image entry carries ``heldout_x0``, where its held-out strip starts.
     """
     z = zipfile.ZipFile(wheel)
     os.makedirs(f'{out}/images', exist_ok=True)
@@ -169,14 +169,14 @@ def prepare_trees_full(out, wheel, min_area=16, min_frac=0.3):
         xs = int(round(W * TRAIN_FRAC))
         Image.fromarray(img).save(f'{out}/images/{stem}.png')
         info = dict(id=iid, file_name=f'{stem}.png', width=W, height=H, source=stem, heldout_x0=xs)
-        clipped, keep = clip_boxes(boxes, (xs, 0, W, H), min_area, min_frac)
-        for d, bs in ((full, boxes[(boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])]),
-                      (held, clipped[keep])):
+        inside, keep_in = clip_boxes(boxes, (0, 0, W, H), min_area, min_frac)
+        strip, keep_strip = clip_boxes(boxes, (xs, 0, W, H), min_area, min_frac)
+        for d, bs in ((full, inside[keep_in]), (held, strip[keep_strip])):
             d['images'].append(info)
             for b in bs:
                 w, h = b[2] - b[0], b[3] - b[1]
-                d['annotations'].append(dict(id=len(d['annotations']) + 1, image_id=iid, category_id=1, iscrowd=0,
-                                             bbox=[float(b[0]), float(b[1]), float(w), float(h)],
+                d['annotations'].append(dict(id=len(d['annotations']) + 1, image_id=iid, category_id=1,
+                                             iscrowd=0, bbox=[float(b[0]), float(b[1]), float(w), float(h)],
                                              area=float(w * h)))
     for name, d in (('full', full), ('full_heldout', held)):
         with open(f'{out}/annotations/instances_{name}.json', 'w') as f:
