@@ -39,9 +39,6 @@ JOBS = [
     ('nuclei_seg', 'configs/nuclei_seg/fpn_linpvt-small-inline_1xb4-150it_nuclei-256x256.py', 150,
      ['aAcc', 'mIoU', 'mAcc'], {'mIoU': 75.0}),
 ]
-# the second LR scheduler of a job's config where it is not the default (detection: step, segmentation: poly),
-# e.g. {'trees_det': 'cosine'} for configs/trees/faster-rcnn_linpvt-xt-inline_fpn-gn-4conv_300it_trees.py
-SCHEDULES = {}
 METRIC_RE = re.compile(r'((?:coco/)?[A-Za-z_0-9]+):\s+(-?[0-9.]+)')
 
 
@@ -119,14 +116,10 @@ def main(argv=None):
         if n != iters:  # a scaled run keeps the schedule's shape
             opts += [f'train_cfg.max_iters={n}', f'default_hooks.checkpoint.interval={n}',
                      f'param_scheduler.0.end={max(1, n // 10)}', f'param_scheduler.1.end={n}']
-            warm = max(1, n // 10)
-            kind = SCHEDULES.get(name, 'step' if name.endswith('_det') else 'poly')
-            if kind == 'step':  # MultiStepLR: step at 80%
+            if name.endswith('_det'):  # MultiStepLR: step at 80%
                 opts.append(f'param_scheduler.1.milestones=[{max(1, int(n * 0.8))}]')
-            elif kind == 'cosine':  # CosineAnnealingLR after the warm-up, down to the end
-                opts += [f'param_scheduler.1.begin={warm}', f'param_scheduler.1.T_max={max(1, n - warm)}']
             else:  # PolyLR after the warm-up
-                opts.append(f'param_scheduler.1.begin={warm}')
+                opts.append(f'param_scheduler.1.begin={max(1, n // 10)}')
         rc, _, dt_train = run([py, 'tools/train.py', config, '--work-dir', job_dir, '--cfg-options'] + opts,
                               os.path.join(wd, f'{name}_train.log'), env)
         if rc != 0:

@@ -75,13 +75,3 @@ def test_trees_job_runs_the_full_resolution_pass(tmp_path, monkeypatch):
                    ('trees_full_res', 'box AP50 heldout'): 0.25, ('trees_full_res', 'box AP50 whole'): 0.4}
     assert 'trees_full_res' in (wd / 'summary.md').read_text()
 
-
-def test_a_cosine_schedule_is_scaled_with_its_warm_up(tmp_path, monkeypatch):
-    calls = []
-    monkeypatch.setattr(demo, 'run', _fake_commands(calls))
-    monkeypatch.setitem(demo.SCHEDULES, 'trees_det', 'cosine')
-    demo.main(['--only', 'trees_det', '--iters-scale', '0.1', '--work-dir', str(tmp_path / 'wd'),
-               '--data-dir', str(tmp_path)])
-    train = calls[1]
-    assert 'param_scheduler.1.begin=3' in train and 'param_scheduler.1.T_max=27' in train
-    assert not any('milestones' in c for c in train)
