@@ -10,6 +10,7 @@ Steps (each a plain command of this repository, run in order; their logs stream 
        nuclei instances   Mask R-CNN + FPN, LinPVT-XT with InLine attention
        NEON tree crowns   Faster R-CNN + FPN, LinPVT-XT with InLine attention
        nuclei semantic    Semantic FPN, LinPVT-S with InLine attention
+     + the tree detector on the whole NEON images (up to 2299 x 2472), one pass each (tools/full_res.py)
   3. tools/benchmark.py at op level (InLine, TaylorShift, Linformer vs softmax/SDPA) with its plot
   4. a summary: COCO AP / AP50 and mIoU on the held-out tiles against the targets, wall time of each step
 
@@ -90,6 +91,8 @@ def main(argv=None):
     kinds = sorted({DATA[j][0] for j in args.only if j in DATA}) if args.only else []
     if kinds:
         prep += ['--only'] + kinds
+    if not args.only or 'trees' in kinds:  # the whole NEON images too, for the full-resolution pass
+        prep += ['--trees-full']
     if kinds or not args.only:  # everything, or the data of the chosen jobs (none for the benchmark alone)
         rc, _, dt = run(prep, os.path.join(wd, 'prepare_data.log'), env)
         timings.append(('prepare data', dt))
@@ -140,6 +143,19 @@ def main(argv=None):
             target = targets.get(k)
             ok = '' if target is None else ('yes' if m[k] >= target else 'no')
             results.append((name, k, m[k], target, ok))
+        if name == 'trees_det':  # the same detector on the whole images, one pass each (tools/full_res.py)
+            fr_dir = os.path.join(job_dir, 'full_res')
+            rc, _, dt_full = run([py, 'tools/full_res.py', config, ckpt, '--out-dir', fr_dir,
+                                  '--data', os.path.join(data_dir, 'trees', 'full')],
+                                 os.path.join(wd, 'trees_full_res.log'), env)
+            timings.append(('trees_det: whole images, one pass each + drawing', dt_full))
+            if rc != 0:
+                failures.append(f'trees full resolution failed (rc {rc}), see {wd}/trees_full_res.log')
+            else:
+                with open(os.path.join(fr_dir, 'full_res.json')) as f:
+                    fr = json.load(f)
+                results += [('trees_full_res', f'box AP50 {part}', fr[part]['AP50'], None, '')
+                            for part in ('heldout', 'whole')]
 
     if not args.only or 'benchmark' in args.only:
         rc, _, dt = run([py, 'tools/benchmark.py', '--level', 'op', '--attn', 'inline', 'taylorshift', 'linformer',

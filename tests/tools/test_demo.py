@@ -41,3 +41,37 @@ def test_demo_runs_nuclei_jobs_on_synthetic_data(wheels, tmp_path):  # noqa: F81
     drawn = [f for d, _, fs in os.walk(wd) if 'predictions' in d for f in fs if f.endswith('.png')]
     assert drawn, 'no prediction images were drawn'
     assert not (tmp_path / 'data' / 'trees').exists()  # only the data the chosen jobs need
+
+
+def _fake_commands(calls):
+    """A stand-in for demo.run: records each command, answers like train/test/full_res would."""
+    def fake_run(cmd, log_path, env=None):
+        calls.append(cmd)
+        if cmd[1] == 'tools/test.py':
+            return 0, 'x - Iter(test) [17/17]    coco/bbox_mAP: 0.1000  coco/bbox_mAP_50: 0.3100  time: 1.0', 1.0
+        if cmd[1] == 'tools/full_res.py':
+            out = cmd[cmd.index('--out-dir') + 1]
+            os.makedirs(out)
+            with open(os.path.join(out, 'full_res.json'), 'w') as f:
+                json.dump(dict(heldout=dict(AP=0.1, AP50=0.25), whole=dict(AP=0.2, AP50=0.4)), f)
+        return 0, '', 1.0
+    return fake_run
+
+
+def test_trees_job_runs_the_full_resolution_pass(tmp_path, monkeypatch):
+    """The demo's wiring with the commands faked: whole images prepared, full_res.py run on the trees
+    checkpoint, its held-out and whole-image AP50 in the summary."""
+    calls = []
+    monkeypatch.setattr(demo, 'run', _fake_commands(calls))
+    wd = tmp_path / 'wd'
+    demo.main(['--only', 'trees_det', '--iters-scale', '0.01', '--work-dir', str(wd), '--data-dir', str(tmp_path)])
+    prep, train, test, full = calls
+    assert prep[1] == 'tools/prepare_data.py' and '--trees-full' in prep and prep[prep.index('--only') + 1] == 'trees'
+    assert train[1] == 'tools/train.py' and 'param_scheduler.1.milestones=[2]' in train
+    assert full[2] == train[2] and full[3] == os.path.join(str(wd), 'trees_det', 'iter_3.pth')
+    assert full[full.index('--data') + 1] == os.path.join(str(tmp_path), 'trees', 'full')
+    got = {(r['job'], r['metric']): r['value'] for r in json.loads((wd / 'summary.json').read_text())['results']}
+    assert got == {('trees_det', 'coco/bbox_mAP'): 0.1, ('trees_det', 'coco/bbox_mAP_50'): 0.31,
+                   ('trees_full_res', 'box AP50 heldout'): 0.25, ('trees_full_res', 'box AP50 whole'): 0.4}
+    assert 'trees_full_res' in (wd / 'summary.md').read_text()
+
