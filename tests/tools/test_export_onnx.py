@@ -58,9 +58,16 @@ def test_backbone_export_parity(tmp_path, fam, attn):
     _export_and_check(tmp_path, fam, attn, 'torchscript')
 
 
+# InLine in LinCSwin's stripe stages: torch.export turns a reshape of the symbolic stripe count into a guard it
+# cannot discharge (the reshape-guard limitation of pytorch/pytorch#153174 and #126607); --exporter auto falls
+# back to TorchScript, which passes (test_backbone_export_parity). Strict: a fixed exporter shows up here.
+DYNAMO_REFUSED = {('cswin', 'inline'): 'torch.export reshape guard on the stripe count (pytorch/pytorch#153174)'}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('attn', SEEDS)
-@pytest.mark.parametrize('fam', sorted(FAMILIES))
+@pytest.mark.parametrize('fam,attn', [
+    pytest.param(fam, attn, marks=pytest.mark.xfail(reason=DYNAMO_REFUSED[fam, attn], strict=True))
+    if (fam, attn) in DYNAMO_REFUSED else (fam, attn) for fam in sorted(FAMILIES) for attn in SEEDS])
 def test_backbone_export_parity_dynamo(tmp_path, fam, attn):
     _export_and_check(tmp_path, fam, attn, 'dynamo')
 
