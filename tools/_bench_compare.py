@@ -364,11 +364,21 @@ def _group(r: Dict):
     return r.get('config', ''), r['size'], r['mode'], r['batch'], bool(r.get('compile'))
 
 
+def save_figure(fig, path: str, title: str, dpi: int = 110) -> None:
+    """Title, lay out, write ``fig`` to ``path`` (its folder created) and close it: the benchmark's plots."""
+    import os
+
+    import matplotlib.pyplot as plt
+    fig.suptitle(title)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+
+
 def plot_compare(rows: List[Dict], path: str) -> None:
     """Grouped bars of img/s (error bars: img/s at the time quartiles) and peak memory, one group per size x mode
     x batch x compile."""
-    import os
-
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
@@ -398,8 +408,4 @@ def plot_compare(rows: List[Dict], path: str) -> None:
         ax.grid(True, axis='y', alpha=0.3)
     axes[0].legend(fontsize=7)
     r0 = rows[0]
-    fig.suptitle(f"{r0['level']} level, {r0['device']}, {r0['dtype']}, {r0.get('threads', '')} threads")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, f"{r0['level']} level, {r0['device']}, {r0['dtype']}, {r0.get('threads', '')} threads")

@@ -638,11 +638,7 @@ def plot(rows: List[Dict], path: str) -> None:
         ax.grid(True, which='both', alpha=0.3)
     axes[0].legend(fontsize=7)
     r0 = rows[0]
-    fig.suptitle(f"{r0['level']} level, {r0['device']}, {r0['dtype']}")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    cmp.save_figure(fig, path, f"{r0['level']} level, {r0['device']}, {r0['dtype']}", dpi=120)
     print(f'plot written to {path}')
 
 

@@ -35,7 +35,7 @@ def _train_step(model_cfg, batch):
     model.train()
     data = model.data_preprocessor(batch, training=True)
     losses = model.loss(data['inputs'], data['data_samples'])
-    total = sum(v.sum() if isinstance(v, torch.Tensor) else sum(v) for k, v in losses.items() if 'loss' in k)
+    total = model.parse_losses(losses)[0]  # mmengine's sum of every 'loss' entry
     assert torch.isfinite(total)
     total.backward()
     return model

@@ -69,7 +69,7 @@ def det_train_step(model_cfg):
     model.train()
     data = model.data_preprocessor(_det_batch(), training=True)
     losses = model.loss(data['inputs'], data['data_samples'])
-    total = sum(v.sum() if isinstance(v, torch.Tensor) else sum(v) for k, v in losses.items() if 'loss' in k)
+    total = model.parse_losses(losses)[0]  # mmengine's sum of every 'loss' entry
     assert torch.isfinite(total)
     total.backward()
     return model
