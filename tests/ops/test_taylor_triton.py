@@ -9,8 +9,9 @@ shrunk to 16 so that several blocks, a masked tail and several feature blocks oc
 import pytest
 import torch
 
-from tests._helpers import (import_kernel_modules, kernel_module_tests, kernel_test_setup, padding_mask,
-                            prepare_triton_interpreter, rel_rms, requires_cuda, with_garbage)
+from tests._helpers import (assert_attention_layer_compiles_fullgraph, import_kernel_modules, kernel_module_tests,
+                            kernel_test_setup, padding_mask, prepare_triton_interpreter, rel_rms, requires_cuda,
+                            with_garbage)
 
 _TRITON_PREIMPORTED = prepare_triton_interpreter()   # before linattn_mm (and with it, maybe triton) is imported
 
@@ -243,6 +244,36 @@ def test_backend_errors(monkeypatch):
     with pytest.raises(ValueError, match='one dtype'):
         taylor_attention(q, q, q.half(), mode='efficient', backend='triton')
     assert not taylor_torch._triton_selected('auto', q, q, q.half(), None)   # 'auto' falls back to torch
+
+
+@needs_kernels
+def test_custom_op_registration(small_blocks):
+    """The kernels are opaque torch.library ops: schema, fake (meta) impl, autograd registration and AOTAutograd
+    with dynamic shapes all agree with the real kernels (torch.library.opcheck)."""
+    q, k, v, _ = _inputs(1, 2, 9, 17, 4, 8)  # tiny: opcheck runs the interpreted kernels a dozen times
+    u0 = torch.ones(1, 2, 17, device=DEV)
+    torch.library.opcheck(torch.ops.linattn_mm.taylor_triton_state.default, (k, v, u0, None))
+    s, s0 = (t.detach() for t in torch.ops.linattn_mm.taylor_triton_state(k, v, u0, None))
+    torch.library.opcheck(torch.ops.linattn_mm.taylor_triton_apply.default, (q, s, s0, 8, None))
+    dy, dy0 = torch.randn(1, 2, 9, 8, device=DEV), torch.randn(1, 2, 9, device=DEV)
+    for want_y, want_dx in ((True, True), (False, True), (True, False)):
+        torch.library.opcheck(torch.ops.linattn_mm.taylor_triton_grad.default,
+                              (q.detach(), s, s0, dy, dy0, 8, want_y, want_dx))
+
+
+@needs_kernels
+def test_compiles_fullgraph_through_the_custom_op(small_blocks):
+    """A layer that calls the fused op compiles with fullgraph=True (no graph break at the Triton launch) across
+    sizes; outputs and gradients equal eager."""
+    tau = torch.tensor([0.7, -0.3], device=DEV)
+    assert_attention_layer_compiles_fullgraph(
+        lambda q, k, v, key_padding_mask: taylor_attention(q, k, v, temperature=tau, mode='efficient',
+                                                           key_padding_mask=key_padding_mask, backend='triton'),
+        lambda b, n: _mask(b, n, 'ragged'), DEV)
+    assert_attention_layer_compiles_fullgraph(
+        lambda q, k, v, key_padding_mask: taylor_attention(q, k, v, temperature=tau, mode='efficient',
+                                                           backend='triton'),
+        lambda b, n: None, DEV)
 
 
 _COMPILE_SM90 = r'''

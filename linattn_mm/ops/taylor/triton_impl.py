@@ -19,11 +19,11 @@ The features never reach memory: the kernels gather the two factors of each feat
 (L1-resident) and form the products on chip. The op is split into two differentiable primitives, each a
 Triton kernel (e = bytes per element of the I/O dtype; sizes per head):
 
-* ``_TaylorState(x=K, u=V, u0=valid)``: ``S = sum_j phi(x_j) u_j^T`` (F x Dv) and ``s0 = sum_j phi(x_j) u0_j``.
+* ``taylor_triton_state(x=K, u=V, u0=valid)``: ``S = sum_j phi(x_j) u_j^T`` (F x Dv) and ``s0 = sum_j phi(x_j) u0_j``.
   ``_state_kernel``, grid ``(B*H, feature blocks, token splits)``: each program walks its run of token
   blocks for ``BLOCK_F`` features and writes fp32 partials, summed over splits by torch (a fixed-order
   reduction, deterministic). Splitting tokens as well as features keeps a GPU busy at batch 1.
-* ``_TaylorApply(x=Q, M, m0)``: ``y_i = phi(x_i)^T M`` (Dv) and ``y0_i = phi(x_i)^T m0``. ``_apply_kernel``,
+* ``taylor_triton_apply(x=Q, M, m0)``: ``y_i = phi(x_i)^T M`` (Dv) and ``y0_i = phi(x_i)^T m0``. ``_apply_kernel``,
   grid ``(B*H, token blocks)``: each program loops over all feature blocks of the state for its tokens; reads
   Q once, writes y, y0 once (fp32).
 
@@ -192,8 +192,7 @@ def num_features(d: int) -> int:
     return (d + 1) * (d + 2) // 2
 
 
-@functools.lru_cache(maxsize=None)
-def _pair_table_cpu(d: int) -> Tuple[Tensor, Tensor, Tensor]:
+def _build_pair_table(d: int) -> Tuple[Tensor, Tensor, Tensor]:
     """``(ia, ib, kind)`` int32/int64 of the F features, padded to a multiple of BLOCK_F with empty features."""
     ia, ib, kind = [], [], []
     for a in range(-1, d):            # -1 is the constant 1 of x'
@@ -209,6 +208,9 @@ def _pair_table_cpu(d: int) -> Tuple[Tensor, Tensor, Tensor]:
             torch.tensor(kind, dtype=torch.int64))
 
 
+_pair_table_cpu = functools.lru_cache(maxsize=None)(_build_pair_table)
+
+
 @functools.lru_cache(maxsize=64)
 def _pair_table(d: int, device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
     return tuple(t.to(device) for t in _pair_table_cpu(d))
@@ -219,7 +221,11 @@ def feature_weights(tau: Tensor, d: int) -> Tensor:
     (``(1, H|1, 1, 1)``, fp32 or fp64)."""
     t = tau.reshape(-1, 1)
     coeff = torch.cat([torch.ones_like(t), t, 0.5 * t * t, t * t, torch.zeros_like(t)], dim=1)   # (H|1, 5)
-    return coeff[:, _pair_table(d, tau.device)[2]]
+    if torch.compiler.is_compiling():  # dynamo traces the builder (a constant of the graph), not the caches
+        kind = _build_pair_table(d)[2].to(tau.device)
+    else:
+        kind = _pair_table(d, tau.device)[2]
+    return coeff[:, kind]
 
 
 def _block_n(x: Tensor, kind: str) -> int:
@@ -285,56 +291,106 @@ def _apply(x: Tensor, m: Tensor, m0: Tensor, dv: int, want_y: bool, u: Optional[
     return y, y0, dx
 
 
-class _TaylorState(torch.autograd.Function):
-    """``(S, s0) = (sum_n phi(x_n) u_n^T, sum_n phi(x_n) u0_n)``; saves only its inputs."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, u: Tensor, u0: Tensor, num_splits: Optional[int]) -> Tuple[Tensor, Tensor]:
-        ctx.save_for_backward(x, u, u0)
-        ctx.num_splits = num_splits
-        return _state(x, u, u0, num_splits)
-
-    @staticmethod
-    def backward(ctx, ds: Optional[Tensor], ds0: Optional[Tensor]):
-        x, u, u0 = ctx.saved_tensors
-        need_x, need_u, need_u0 = ctx.needs_input_grad[:3]
-        b, h, n, d = x.shape
-        dv = u.shape[-1]
-        ia = _pair_table(d, x.device)[0]
-        shape = (b, h, ia.numel(), _pow2_block(dv))
-        ds = torch.zeros(shape, dtype=torch.float32, device=x.device) if ds is None else ds.float().contiguous()
-        ds0 = torch.zeros(shape[:3], dtype=torch.float32, device=x.device) if ds0 is None else \
-            ds0.float().contiguous()
-        # du = phi(x) dS, du0 = phi(x) ds0 and dx = J_phi^T (dS u + ds0 u0): one pass over the tokens
-        du, du0, dx = _apply(x, ds, ds0, dv, want_y=need_u or need_u0, u=u if need_x else None,
-                             u0=u0 if need_x else None)
-        return (dx, du.to(u.dtype) if need_u else None, du0.to(u0.dtype) if need_u0 else None, None)
+# The two primitives are opaque custom ops (torch.library), like the InLine and kernelized kernels: dynamo and
+# inductor trace a call as one node (the fake impls give shapes and strides) instead of breaking the graph at
+# Triton's launcher, and AOTAutograd differentiates them through the registered backward, which calls the
+# third op (the apply kernel in its gradient mode). Each saves only its inputs.
+_F32 = torch.float32
 
 
-class _TaylorApply(torch.autograd.Function):
-    """``(y, y0) = (phi(x) M, phi(x) m0)`` per token; saves only its inputs."""
+def _f_pad(d: int) -> int:
+    """Rows of the pair table (F padded to a multiple of BLOCK_F); arithmetic, so a symbolic D works too."""
+    return -(-num_features(d) // BLOCK_F) * BLOCK_F
 
-    @staticmethod
-    def forward(ctx, x: Tensor, m: Tensor, m0: Tensor, dv: int,
-                num_splits: Optional[int]) -> Tuple[Tensor, Tensor]:
-        ctx.save_for_backward(x, m, m0)
-        ctx.dv, ctx.num_splits = dv, num_splits
-        y, y0, _ = _apply(x, m, m0, dv, want_y=True)
-        return y, y0
 
-    @staticmethod
-    def backward(ctx, dy: Optional[Tensor], dy0: Optional[Tensor]):
-        x, m, m0 = ctx.saved_tensors
-        need_x, need_m, need_m0 = ctx.needs_input_grad[:3]
-        b, h, n, _ = x.shape
-        dy = torch.zeros(b, h, n, ctx.dv, dtype=torch.float32, device=x.device) if dy is None else dy.float()
-        dy0 = torch.zeros(b, h, n, dtype=torch.float32, device=x.device) if dy0 is None else dy0.float()
-        dx = dm = dm0 = None
-        if need_x:
-            dx = _apply(x, m, m0, ctx.dv, want_y=False, u=dy, u0=dy0)[2]
-        if need_m or need_m0:
-            dm, dm0 = _state(x, dy, dy0, ctx.num_splits)
-        return dx, dm, dm0, None, None
+def _fake_state(x: Tensor, dv: int) -> Tuple[Tensor, Tensor]:
+    b, h, _, d = x.shape
+    f_pad = _f_pad(d)
+    return x.new_empty(b, h, f_pad, _pow2_block(dv), dtype=_F32), x.new_empty(b, h, f_pad, dtype=_F32)
+
+
+@torch.library.custom_op('linattn_mm::taylor_triton_state', mutates_args=())
+def _state_op(x: Tensor, u: Tensor, u0: Tensor, num_splits: Optional[int]) -> Tuple[Tensor, Tensor]:
+    """``(S, s0) = (sum_n phi(x_n) u_n^T, sum_n phi(x_n) u0_n)``, fp32 ``(B, H, F_PAD, BDV)`` and ``(B, H, F_PAD)``."""
+    return _state(x, u, u0, num_splits)
+
+
+@_state_op.register_fake
+def _state_op_fake(x, u, u0, num_splits):
+    return _fake_state(x, u.shape[-1])
+
+
+@torch.library.custom_op('linattn_mm::taylor_triton_apply', mutates_args=())
+def _apply_op(x: Tensor, m: Tensor, m0: Tensor, dv: int, num_splits: Optional[int]) -> Tuple[Tensor, Tensor]:
+    """``(y, y0) = (phi(x) M, phi(x) m0)`` per token, fp32 ``(B, H, N, Dv)`` and ``(B, H, N)``.
+    ``num_splits`` is the state reduction's, for the backward."""
+    y, y0, _ = _apply(x, m, m0, dv, want_y=True)
+    return y, y0
+
+
+@_apply_op.register_fake
+def _apply_op_fake(x, m, m0, dv, num_splits):
+    b, h, n, _ = x.shape
+    return x.new_empty(b, h, n, dv, dtype=_F32), x.new_empty(b, h, n, dtype=_F32)
+
+
+@torch.library.custom_op('linattn_mm::taylor_triton_grad', mutates_args=())
+def _grad_op(x: Tensor, m: Tensor, m0: Tensor, u: Tensor, u0: Tensor, dv: int, want_y: bool,
+             want_dx: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """The apply kernel's gradient mode, one pass over the tokens: if ``want_dx``, ``dx = J_phi(x)^T (M u + m0 u0)``
+    (like x), if ``want_y``, ``(phi(x) M, phi(x) m0)``; what is not wanted comes back as an empty tensor."""
+    y, y0, dx = _apply(x, m, m0, dv, want_y=want_y, u=u if want_dx else None, u0=u0 if want_dx else None)
+    if not want_y:
+        y, y0 = x.new_empty(0, dtype=_F32), x.new_empty(0, dtype=_F32)
+    return y, y0, (dx if want_dx else x.new_empty(0))
+
+
+@_grad_op.register_fake
+def _grad_op_fake(x, m, m0, u, u0, dv, want_y, want_dx):
+    b, h, n, _ = x.shape
+    y_shape = ((b, h, n, dv), (b, h, n)) if want_y else ((0,), (0,))
+    return (x.new_empty(y_shape[0], dtype=_F32), x.new_empty(y_shape[1], dtype=_F32),
+            torch.empty_like(x) if want_dx else x.new_empty(0))
+
+
+def _zeros_if_none(g: Optional[Tensor], shape, device) -> Tensor:
+    return torch.zeros(shape, dtype=_F32, device=device) if g is None else g.float().contiguous()
+
+
+def _save_inputs(ctx, inputs, output) -> None:
+    x, a, b = inputs[:3]
+    ctx.save_for_backward(x, a, b)
+    ctx.args = inputs[3:]
+
+
+def _state_backward(ctx, ds: Optional[Tensor], ds0: Optional[Tensor]):
+    x, u, u0 = ctx.saved_tensors
+    need_x, need_u, need_u0 = ctx.needs_input_grad[:3]
+    b, h, n, d = x.shape
+    dv = u.shape[-1]
+    shape = (b, h, _f_pad(d), _pow2_block(dv))
+    ds, ds0 = _zeros_if_none(ds, shape, x.device), _zeros_if_none(ds0, shape[:3], x.device)
+    # du = phi(x) dS, du0 = phi(x) ds0 and dx = J_phi^T (dS u + ds0 u0): one pass over the tokens
+    du, du0, dx = _grad_op(x, ds, ds0, u, u0, dv, need_u or need_u0, need_x)
+    return (dx if need_x else None, du.to(u.dtype) if need_u else None, du0.to(u0.dtype) if need_u0 else None,
+            None)
+
+
+def _apply_backward(ctx, dy: Optional[Tensor], dy0: Optional[Tensor]):
+    x, m, m0 = ctx.saved_tensors
+    dv, num_splits = ctx.args
+    need_x, need_m, need_m0 = ctx.needs_input_grad[:3]
+    b, h, n, _ = x.shape
+    dy, dy0 = _zeros_if_none(dy, (b, h, n, dv), x.device), _zeros_if_none(dy0, (b, h, n), x.device)
+    dx = _grad_op(x, m, m0, dy, dy0, dv, False, True)[2] if need_x else None
+    dm = dm0 = None
+    if need_m or need_m0:
+        dm, dm0 = _state_op(x, dy, dy0, num_splits)
+    return dx, dm, dm0, None, None
+
+
+_state_op.register_autograd(_state_backward, setup_context=_save_inputs)
+_apply_op.register_autograd(_apply_backward, setup_context=_save_inputs)
 
 
 def taylor_efficient_triton(qn: Tensor, kn: Tensor, v: Tensor, tau: Tensor, key_padding_mask: Optional[Tensor],
@@ -362,9 +418,9 @@ def taylor_efficient_triton(qn: Tensor, kn: Tensor, v: Tensor, tau: Tensor, key_
         n = valid.sum(-1).clamp_min(1).to(tau.dtype).view(b, 1, 1)
     else:
         u0 = v.new_ones(()).expand(b, h, nk)            # stride 0: no memory
-        n = torch.full((1, 1, 1), float(max(nk, 1)), dtype=tau.dtype, device=v.device)
-    s, s0 = _TaylorState.apply(kn, v, u0, num_splits)
+        n = max(nk, 1)                                  # a Python (or symbolic) int: no host sync
+    s, s0 = _state_op(kn, v, u0, num_splits)
     w = (feature_weights(tau, d)[None] / n).float()    # (B|1, H|1, F_PAD): w(tau) / N
-    y, y0 = _TaylorApply.apply(qn, s * w[..., None], s0 * w, dv, num_splits)
+    y, y0 = _apply_op(qn, s * w[..., None], s0 * w, dv, num_splits)
     # y0 = mean_j f(.) >= 1/2 with a valid key; 0 (and y = 0) without one: the output is then 0
     return (y / y0.masked_fill(y0 == 0, 1.)[..., None]).to(v.dtype)
