@@ -7,6 +7,7 @@ Swin one, built on the padded grid, applied as an exact mask instead of the ``-1
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -87,6 +88,30 @@ class WindowAttention(BaseAttention):
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * wh - 1) * (2 * ww - 1), num_heads))
         nn.init.trunc_normal_(self.relative_position_bias_table, std=.02)
         self.register_buffer('relative_position_index', relative_position_index(wh, ww), persistent=False)
+        # shifted-window region masks by (B, Hp, Wp, shift, device), a few recent sizes: built once per size, as
+        # timm keeps its ``attn_mask`` buffer (ours follows the input size). Not state: not in the state_dict.
+        self._region_masks: 'OrderedDict[tuple, Tensor]' = OrderedDict()
+
+    MASK_CACHE_SIZE = 8
+
+    def region_mask(self, b: int, hp: int, wp: int, sh: int, sw: int, device) -> Tensor:
+        """``(B * nW, 1, n, n)`` bool, True = the key lies in another Swin region than the query (masked) on the
+        rolled ``Hp x Wp`` grid. Cached per size in eager mode; built in the graph when compiling or exporting
+        (symbolic sizes)."""
+        wh, ww = self.window_size
+        cache = not (is_exporting() or torch.compiler.is_compiling())
+        key = (b, hp, wp, sh, sw, device)
+        if cache and key in self._region_masks:
+            self._region_masks.move_to_end(key)
+            return self._region_masks[key]
+        ids = window_partition(shift_region_ids(hp, wp, wh, ww, sh, sw, device)[None, ..., None], wh, ww)
+        other = ids[:, :, None, 0] != ids[:, None, :, 0]           # (nW, n, n) True = other region
+        other = other.repeat(b, 1, 1)[:, None]                     # (B*nW, 1, n, n)
+        if cache:
+            self._region_masks[key] = other
+            while len(self._region_masks) > self.MASK_CACHE_SIZE:
+                self._region_masks.popitem(last=False)
+        return other
 
     def relative_position_bias(self) -> Tensor:
         """``(H, wh*ww, wh*ww)`` bias added to every window's logits."""
@@ -147,10 +172,7 @@ class WindowAttention(BaseAttention):
         q, k, v = (self.heads(t) for t in windows.chunk(3, dim=-1))     # (B*nW, H, wh*ww, D)
         attn_mask = self.relative_position_bias().unsqueeze(0).to(q.dtype)  # (1, H, n, n)
         if sh or sw:
-            ids = window_partition(shift_region_ids(hp, wp, wh, ww, sh, sw, qkv.device)[None, ..., None], wh, ww)
-            other = ids[:, :, None, 0] != ids[:, None, :, 0]           # (nW, n, n) True = other region
-            other = other.repeat(b, 1, 1)[:, None]                     # (B*nW, 1, n, n)
-            attn_mask = attn_mask.masked_fill(other, float('-inf'))
+            attn_mask = attn_mask.masked_fill(self.region_mask(b, hp, wp, sh, sw, qkv.device), float('-inf'))
         p = self.attn_drop.p if self.training else 0.
         out = softmax_attention(q, k, v, key_padding_mask=kpm, attn_mask=attn_mask, scale=self.scale,
                                 dropout_p=p)
