@@ -2,11 +2,7 @@
 # PVTv2 overlapping patch embedding; InLine attention in all stages), trained from scratch on the NEON tree
 # tiles for 300 iterations (batch 2, 512 px) on CPU. FPN/heads narrowed to 64/256 channels. Crowns are small
 # (median 38 px, a quarter under 28 px), so the anchors start at 16 px on stride 4 (scale 4 instead of 8), and
-# 256 RoIs per image are sampled for the box head (half the default: a CPU budget). From scratch, GroupNorm in
-# the FPN and a 4-conv + 1-fc GN box head (mmdet's Shared4Conv1FCBBoxHead, as in its GN-all scratch configs; He,
-# Girshick, Dollar, "Rethinking ImageNet Pre-training", ICCV 2019): seeded box AP50 0.247 against 0.192 with the
-# plain FPN and 2-fc head, at about 15% more time per iteration.
-norm_cfg = dict(type='GN', num_groups=16, requires_grad=True)
+# 256 RoIs per image are sampled for the box head (half the default: a CPU budget).
 _base_ = ['mmdet::_base_/models/faster-rcnn_r50_fpn.py', '../_base_/det_trees.py']
 custom_imports = dict(imports=['linattn_mm', 'linattn_mm.models.detectors'], allow_failed_imports=False)
 model = dict(
@@ -20,11 +16,10 @@ model = dict(
         overlap_patch_embed=True,
         drop_path_rate=0.0,
         out_indices=(0, 1, 2, 3)),
-    neck=dict(in_channels=[32, 64, 160, 256], out_channels=64, norm_cfg=norm_cfg),
+    neck=dict(in_channels=[32, 64, 160, 256], out_channels=64),
     rpn_head=dict(in_channels=64, feat_channels=64, anchor_generator=dict(scales=[4])),
     roi_head=dict(
         bbox_roi_extractor=dict(out_channels=64),
-        bbox_head=dict(type='Shared4Conv1FCBBoxHead', in_channels=64, conv_out_channels=64, fc_out_channels=256,
-                       num_classes=1, norm_cfg=norm_cfg)),
+        bbox_head=dict(in_channels=64, fc_out_channels=256, num_classes=1)),
     train_cfg=dict(rcnn=dict(sampler=dict(num=256))),
     test_cfg=dict(rcnn=dict(max_per_img=300)))
