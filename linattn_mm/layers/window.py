@@ -109,7 +109,7 @@ class WindowAttention(BaseAttention):
         other = other.repeat(b, 1, 1)[:, None]                     # (B*nW, 1, n, n)
         if cache:
             self._region_masks[key] = other
-            while len(self._region_masks) > self.MASK_CACHE_SIZE:
+            if len(self._region_masks) > self.MASK_CACHE_SIZE:   # one added at a time: one out
                 self._region_masks.popitem(last=False)
         return other
 

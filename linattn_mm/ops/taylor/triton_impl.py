@@ -192,7 +192,8 @@ def num_features(d: int) -> int:
     return (d + 1) * (d + 2) // 2
 
 
-def _build_pair_table(d: int) -> Tuple[Tensor, Tensor, Tensor]:
+@functools.lru_cache(maxsize=None)
+def _pair_table_cpu(d: int) -> Tuple[Tensor, Tensor, Tensor]:
     """``(ia, ib, kind)`` int32/int64 of the F features, padded to a multiple of BLOCK_F with empty features."""
     ia, ib, kind = [], [], []
     for a in range(-1, d):            # -1 is the constant 1 of x'
@@ -208,9 +209,6 @@ def _build_pair_table(d: int) -> Tuple[Tensor, Tensor, Tensor]:
             torch.tensor(kind, dtype=torch.int64))
 
 
-_pair_table_cpu = functools.lru_cache(maxsize=None)(_build_pair_table)
-
-
 @functools.lru_cache(maxsize=64)
 def _pair_table(d: int, device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
     return tuple(t.to(device) for t in _pair_table_cpu(d))
@@ -221,11 +219,7 @@ def feature_weights(tau: Tensor, d: int) -> Tensor:
     (``(1, H|1, 1, 1)``, fp32 or fp64)."""
     t = tau.reshape(-1, 1)
     coeff = torch.cat([torch.ones_like(t), t, 0.5 * t * t, t * t, torch.zeros_like(t)], dim=1)   # (H|1, 5)
-    if torch.compiler.is_compiling():  # dynamo traces the builder (a constant of the graph), not the caches
-        kind = _build_pair_table(d)[2].to(tau.device)
-    else:
-        kind = _pair_table(d, tau.device)[2]
-    return coeff[:, kind]
+    return coeff[:, _pair_table(d, tau.device)[2]]  # compiled: dynamo traces through the cache (a constant)
 
 
 def _block_n(x: Tensor, kind: str) -> int:
