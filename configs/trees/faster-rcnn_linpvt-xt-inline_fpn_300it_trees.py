@@ -24,12 +24,8 @@ model = dict(
     # ICCV 2019: the from-scratch recipe), its convs as narrow as the FPN (64) so it costs what the 2-fc head did
     roi_head=dict(
         bbox_roi_extractor=dict(out_channels=64),
-        bbox_head=dict(_delete_=True, type='Shared4Conv1FCBBoxHead', in_channels=64, conv_out_channels=64,
-                       fc_out_channels=256, roi_feat_size=7, num_classes=1, norm_cfg=norm,
-                       bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0., 0., 0., 0.],
-                                       target_stds=[0.1, 0.1, 0.2, 0.2]),
-                       reg_class_agnostic=False,
-                       loss_cls=dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0),
-                       loss_bbox=dict(type='L1Loss', loss_weight=1.0))),
+        # the base's 2-fc head becomes its 4-conv sibling (same coder and losses, merged from the base)
+        bbox_head=dict(type='Shared4Conv1FCBBoxHead', in_channels=64, conv_out_channels=64, fc_out_channels=256,
+                       num_classes=1, norm_cfg=norm)),
     train_cfg=dict(rcnn=dict(sampler=dict(num=256))),
     test_cfg=dict(rcnn=dict(max_per_img=300)))
