@@ -112,6 +112,71 @@ def test_missing_real_data_gives_one_clear_error(tmp_path, path):
     assert str(tmp_path / 'nowhere') in msg and 'python tools/prepare_data.py' in msg and 'expected' in msg
 
 
+TREES = os.path.join(ROOT, 'configs', 'trees', 'faster-rcnn_linpvt-xt-inline_fpn_300it_trees.py')
+
+
+def _tta_views(cfg, tmp_path, box, h=96, w=128):
+    """The config's tta_pipeline on one synthetic tile with one box, collated as the test loader does."""
+    import cv2
+    from mmcv.transforms import Compose
+    from mmengine.dataset import pseudo_collate
+    path = str(tmp_path / 'tile.png')
+    cv2.imwrite(path, np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8))
+    init_default_scope('mmdet')
+    views = Compose(cfg.tta_pipeline)(dict(img_path=path, img_id=0, instances=[
+        dict(bbox=list(box), bbox_label=0, ignore_flag=0)]))
+    return views, pseudo_collate([views])
+
+
+def test_trees_tta_views_map_back_to_the_tile(tmp_path):
+    """The trees config's test-time augmentation: 3 scales x 4 flips, each view carrying what DetTTAModel needs
+    to map its boxes back (a box predicted where each view shows the crown merges into that one box), and the
+    real detector runs through all 12 views."""
+    from mmdet.registry import MODELS
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    cfg = Config.fromfile(TREES)
+    h, w, box = 96, 128, (10., 20., 40., 60.)
+    views, batch = _tta_views(cfg, tmp_path, box, h, w)
+    metas = [d.metainfo for d in views['data_samples']]
+    assert len(metas) == 12
+    assert {(m['img_shape'], m['flip_direction']) for m in metas} == {
+        (shape, d) for shape in ((288, 384), (336, 448), (384, 512)) for d in (None, 'horizontal', 'vertical',
+                                                                                'diagonal')}
+
+    class Oracle(torch.nn.Module):
+        """Predicts the crown where the view shows it (in the resized-back but still flipped frame)."""
+        def test_step(self, data):
+            out = []
+            for ds in data['data_samples']:
+                x1, y1, x2, y2 = box
+                d = ds.metainfo['flip_direction']
+                if d in ('horizontal', 'diagonal'):
+                    x1, x2 = w - x2, w - x1
+                if d in ('vertical', 'diagonal'):
+                    y1, y2 = h - y2, h - y1
+                pred = DetDataSample(metainfo=ds.metainfo)
+                pred.pred_instances = InstanceData(bboxes=torch.tensor([[x1, y1, x2, y2]]), scores=torch.tensor([.9]),
+                                                   labels=torch.tensor([0]))
+                out.append(pred)
+            return out
+
+    tta = MODELS.build(dict(cfg.tta_model, module=Oracle()))
+    merged = tta.test_step(batch)[0].pred_instances
+    assert len(merged) == 1 and torch.allclose(merged.bboxes[0], torch.tensor(box))
+
+    real = MODELS.build(dict(cfg.tta_model, module=cfg.model))
+    real.module.init_weights()
+    real.eval()
+    with torch.no_grad():
+        pred = real.test_step(batch)[0].pred_instances
+    assert len(pred) <= cfg.tta_model.tta_cfg.max_per_img
+    if len(pred):
+        b = pred.bboxes
+        eps = 1e-3  # clipped to each view, then scaled back to the tile in float32
+        assert (b[:, :2] >= -eps).all() and (b[:, 2] <= w + eps).all() and (b[:, 3] <= h + eps).all()
+
+
 def _coco_standin(root, n=2, h=48, w=64):
     """A tiny COCO in the data/coco layout: images + instances json with boxes and polygons."""
     import cv2

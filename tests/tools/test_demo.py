@@ -47,6 +47,8 @@ def _fake_commands(calls):
     """A stand-in for demo.run: records each command, answers like train/test/full_res would."""
     def fake_run(cmd, log_path, env=None):
         calls.append(cmd)
+        if cmd[1] == 'tools/test.py' and '--tta' in cmd:
+            return 0, 'x - Iter(test) [17/17]    coco/bbox_mAP: 0.1200  coco/bbox_mAP_50: 0.3400  time: 4.0', 1.0
         if cmd[1] == 'tools/test.py':
             return 0, 'x - Iter(test) [17/17]    coco/bbox_mAP: 0.1000  coco/bbox_mAP_50: 0.3100  time: 1.0', 1.0
         if cmd[1] == 'tools/full_res.py':
@@ -59,19 +61,26 @@ def _fake_commands(calls):
 
 
 def test_trees_job_runs_the_full_resolution_pass(tmp_path, monkeypatch):
-    """The demo's wiring with the commands faked: whole images prepared, full_res.py run on the trees
-    checkpoint, its held-out and whole-image AP50 in the summary."""
+    """The demo's wiring with the commands faked: whole images prepared, the trees checkpoint tested in one pass
+    (drawn) and with the config's test-time augmentation (the target is on that one), full_res.py run on the
+    same checkpoint, its held-out and whole-image AP50 in the summary."""
     calls = []
     monkeypatch.setattr(demo, 'run', _fake_commands(calls))
     wd = tmp_path / 'wd'
     demo.main(['--only', 'trees_det', '--iters-scale', '0.01', '--work-dir', str(wd), '--data-dir', str(tmp_path)])
-    prep, train, test, full = calls
+    prep, train, test, test_tta, full = calls
     assert prep[1] == 'tools/prepare_data.py' and '--trees-full' in prep and prep[prep.index('--only') + 1] == 'trees'
     assert train[1] == 'tools/train.py' and 'param_scheduler.1.milestones=[2]' in train
+    assert '--show-dir' in test and '--tta' not in test
+    assert '--tta' in test_tta and test_tta[2:4] == test[2:4]      # the same config and checkpoint
+    assert test_tta[test_tta.index('--cfg-options') + 1:] == test[test.index('--cfg-options') + 1:]  # data roots
     assert full[2] == train[2] and full[3] == os.path.join(str(wd), 'trees_det', 'iter_3.pth')
     assert full[full.index('--data') + 1] == os.path.join(str(tmp_path), 'trees', 'full')
     got = {(r['job'], r['metric']): r['value'] for r in json.loads((wd / 'summary.json').read_text())['results']}
     assert got == {('trees_det', 'coco/bbox_mAP'): 0.1, ('trees_det', 'coco/bbox_mAP_50'): 0.31,
+                   ('trees_det', 'tta/coco/bbox_mAP'): 0.12, ('trees_det', 'tta/coco/bbox_mAP_50'): 0.34,
                    ('trees_full_res', 'box AP50 heldout'): 0.25, ('trees_full_res', 'box AP50 whole'): 0.4}
-    assert 'trees_full_res' in (wd / 'summary.md').read_text()
+    md = (wd / 'summary.md').read_text()
+    assert 'trees_full_res' in md and '| trees_det | tta/coco/bbox_mAP_50 | 0.34 | >= 0.3 | yes |' in md
+    assert '| trees_det | coco/bbox_mAP_50 | 0.31 |  |  |' in md   # the one-pass row carries no target
 
