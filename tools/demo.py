@@ -131,8 +131,9 @@ def main(argv=None):
         ckpt = os.path.join(job_dir, f'iter_{n}.pth')
         # the data roots of every split: a test run may still build the train loop (hooks read max_iters)
         test_opts = [o for o in opts if o.startswith(('train_dataloader', 'test_', 'val_'))]
-        rc, out, dt_test = run([py, 'tools/test.py', config, ckpt, '--work-dir', job_dir, '--show-dir', 'predictions']
-                               + (['--cfg-options'] + test_opts if test_opts else []),
+        test_opts = ['--cfg-options'] + test_opts if test_opts else []
+        test_cmd = [py, 'tools/test.py', config, ckpt, '--work-dir', job_dir]
+        rc, out, dt_test = run(test_cmd + ['--show-dir', 'predictions'] + test_opts,
                                os.path.join(wd, f'{name}_test.log'), env)
         timings.append((f'{name}: train {n} it', dt_train))
         timings.append((f'{name}: test + drawing', dt_test))
@@ -141,9 +142,7 @@ def main(argv=None):
             continue
         m = test_metrics(out)
         if any(k.startswith('tta/') for k in targets):  # the config's test-time augmentation (tools/test.py --tta)
-            rc, out, dt_tta = run([py, 'tools/test.py', config, ckpt, '--work-dir', job_dir, '--tta']
-                                  + (['--cfg-options'] + test_opts if test_opts else []),
-                                  os.path.join(wd, f'{name}_test_tta.log'), env)
+            rc, out, dt_tta = run(test_cmd + ['--tta'] + test_opts, os.path.join(wd, f'{name}_test_tta.log'), env)
             timings.append((f'{name}: test with test-time augmentation', dt_tta))
             if rc != 0:
                 failures.append(f'{name}: testing with --tta failed (rc {rc}), see {wd}/{name}_test_tta.log')

@@ -115,19 +115,6 @@ def test_missing_real_data_gives_one_clear_error(tmp_path, path):
 TREES = os.path.join(ROOT, 'configs', 'trees', 'faster-rcnn_linpvt-xt-inline_fpn_300it_trees.py')
 
 
-def _tta_views(cfg, tmp_path, box, h=96, w=128):
-    """The config's tta_pipeline on one synthetic tile with one box, collated as the test loader does."""
-    import cv2
-    from mmcv.transforms import Compose
-    from mmengine.dataset import pseudo_collate
-    path = str(tmp_path / 'tile.png')
-    cv2.imwrite(path, np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8))
-    init_default_scope('mmdet')
-    views = Compose(cfg.tta_pipeline)(dict(img_path=path, img_id=0, instances=[
-        dict(bbox=list(box), bbox_label=0, ignore_flag=0)]))
-    return views, pseudo_collate([views])
-
-
 def test_trees_tta_views_map_back_to_the_tile(tmp_path):
     """The trees config's test-time augmentation: 3 scales x 4 flips, each view carrying what DetTTAModel needs
     to map its boxes back (a box predicted where each view shows the crown merges into that one box), and the
@@ -135,9 +122,17 @@ def test_trees_tta_views_map_back_to_the_tile(tmp_path):
     from mmdet.registry import MODELS
     from mmdet.structures import DetDataSample
     from mmengine.structures import InstanceData
+    import cv2
+    from mmcv.transforms import Compose
+    from mmengine.dataset import pseudo_collate
     cfg = Config.fromfile(TREES)
     h, w, box = 96, 128, (10., 20., 40., 60.)
-    views, batch = _tta_views(cfg, tmp_path, box, h, w)
+    path = str(tmp_path / 'tile.png')
+    cv2.imwrite(path, np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8))
+    init_default_scope('mmdet')
+    views = Compose(cfg.tta_pipeline)(dict(img_path=path, img_id=0, instances=[
+        dict(bbox=list(box), bbox_label=0, ignore_flag=0)]))
+    batch = pseudo_collate([views])                                       # as the test loader collates
     metas = [d.metainfo for d in views['data_samples']]
     assert len(metas) == 12
     assert {(m['img_shape'], m['flip_direction']) for m in metas} == {
