@@ -11,7 +11,7 @@ import torch
 from linattn_mm.ops.focused import focused_linear_attention, focused_linear_attention_naive
 from linattn_mm.ops.linear import linear_attention, linear_attention_naive
 from linattn_mm.ops.nystrom import nystrom_attention, nystrom_attention_naive
-from linattn_mm.ops.nystrom._common import iterative_pinv
+from linattn_mm.ops.nystrom._common import iterative_pinv, landmark_assignment, segment_means
 from linattn_mm.ops.performer import (orthogonal_random_features, performer_attention,
                                       performer_attention_naive)
 from linattn_mm.ops.relu import relu_linear_attention, relu_linear_attention_naive
@@ -189,6 +189,21 @@ def test_nystrom_exported_form_matches_eager(monkeypatch, n, masked):
     out = nystrom_attention(q, k, v, num_landmarks=8, key_padding_mask=kpm)
     valid = ~mask[:, None, :, None]
     torch.testing.assert_close(out * valid, ref * valid)
+
+
+@pytest.mark.parametrize('n,m', [(64, 64), (65, 64), (77, 64), (128, 64), (1000, 7), (9, 8)])
+def test_nystrom_segment_means_equal_the_averaging_matrix(n, m):
+    """The fast path's landmarks (one index_add) are the averaging matrix's segment means, values and
+    gradients, for lengths that divide into the landmarks and lengths that do not."""
+    x = torch.randn(2, 3, n, 5, dtype=torch.float64, requires_grad=True)
+    avg, slot = landmark_assignment(torch.ones(2, n, dtype=torch.bool), m, x.dtype)
+    assert slot.all()
+    ref = avg[:, None].transpose(-2, -1) @ x
+    out = segment_means(x, m)
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=1e-12)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, x, g)[0],
+                               atol=1e-12, rtol=1e-12)
 
 
 def test_iterative_pinv_converges():

@@ -28,6 +28,23 @@ def landmark_assignment(keep: Tensor, num_landmarks: int, dtype: torch.dtype) ->
     return onehot / counts.clamp_min(1)[:, None, :], counts > 0
 
 
+def segment_means(x: Tensor, num_landmarks: int) -> Tensor:
+    """Means of ``x`` (``(..., N, D)``) over the ``num_landmarks`` contiguous segments of
+    :func:`landmark_assignment` when no token is padded and ``N >= num_landmarks``: token i belongs to segment
+    ``floor(i m / N)``, so segment j holds tokens ``ceil(j N / m) .. ceil((j + 1) N / m) - 1``.
+
+    One ``index_add`` (``O(N D)``, backward a gather) instead of the ``(N, m)`` averaging matmul, which costs
+    ``O(N m D)`` and a one-hot matrix; the two agree to rounding (tested).
+    """
+    n, m = x.shape[-2], num_landmarks
+    seg = torch.div(torch.arange(n, device=x.device) * m, n, rounding_mode='floor')
+    j = torch.arange(m + 1, device=x.device)
+    starts = torch.div(j * n + m - 1, m, rounding_mode='floor')         # ceil(j N / m)
+    counts = (starts[1:] - starts[:-1]).to(x.dtype)
+    sums = x.new_zeros(x.shape[:-2] + (m, x.shape[-1])).index_add(x.dim() - 2, seg, x)
+    return sums / counts[:, None]
+
+
 def masked_softmax(logits: Tensor, valid: Optional[Tensor]) -> Tensor:
     """Softmax over the last axis restricted to ``valid`` columns (broadcastable bool); rows with no valid
     column give zeros. A finite fill keeps gradients free of NaN."""
@@ -55,14 +72,29 @@ def iterative_pinv(a: Tensor, iters: int) -> Tensor:
     return z
 
 
+def _unmasked_kernels(q: Tensor, k: Tensor, q_l: Tensor, k_l: Tensor, pinv_iters: int):
+    # nothing padded and N > m (the callers' contract): every landmark slot is non-empty, so the slot and key
+    # masks are all True; plain softmaxes (no mask, no host sync, no branch on tensor values)
+    return ((q @ k_l.transpose(-2, -1)).softmax(-1),
+            iterative_pinv((q_l @ k_l.transpose(-2, -1)).softmax(-1), pinv_iters),
+            (q_l @ k.transpose(-2, -1)).softmax(-1))
+
+
 def nystrom_kernels(q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor], num_landmarks: int,
-                    pinv_iters: int):
+                    pinv_iters: int, index_landmarks: bool = False):
     """The three kernels of the Nystrom approximation (q already scaled by D^-1/2), for ``N > num_landmarks``
     (the callers' contract; shorter sequences are exact softmax there):
 
     ``F = softmax(Q K~^T)`` (B,H,Nq,m), ``A+ = pinv(softmax(Q~ K~^T))`` (B,H,m,m), ``B = softmax(Q~ K^T)``
     (B,H,m,Nk). Query landmarks come from the queries with the key mask (self-attention).
+
+    ``index_landmarks``: without padding, take the landmarks by :func:`segment_means` (the fast path); else,
+    and always with padding, through the averaging matrix of :func:`landmark_assignment` (the reference, and
+    what ONNX export uses).
     """
+    if key_padding_mask is None and index_landmarks:
+        q_l, k_l = segment_means(q, num_landmarks), segment_means(k, num_landmarks)
+        return _unmasked_kernels(q, k, q_l, k_l, pinv_iters)
     b, _, n, _ = k.shape
     keep = torch.ones(b, n, dtype=torch.bool, device=k.device) if key_padding_mask is None \
         else ~key_padding_mask
@@ -71,11 +103,7 @@ def nystrom_kernels(q: Tensor, k: Tensor, key_padding_mask: Optional[Tensor], nu
     q_l = avg.transpose(-2, -1) @ q                                       # (B, H, m, D)
     k_l = avg.transpose(-2, -1) @ k
     if key_padding_mask is None:
-        # nothing padded and N > m (the caller's contract): every landmark slot is non-empty, so the slot and
-        # key masks are all True; plain softmaxes (no mask, no host sync, no branch on tensor values)
-        return ((q @ k_l.transpose(-2, -1)).softmax(-1), iterative_pinv((q_l @ k_l.transpose(-2, -1)).softmax(-1),
-                                                                          pinv_iters),
-                (q_l @ k.transpose(-2, -1)).softmax(-1))
+        return _unmasked_kernels(q, k, q_l, k_l, pinv_iters)
     slot_col = slot[:, None, None, :]                                     # (B, 1, 1, m)
     slot_row = slot[:, None, :, None]                                     # (B, 1, m, 1)
     f = masked_softmax(q @ k_l.transpose(-2, -1), slot_col)

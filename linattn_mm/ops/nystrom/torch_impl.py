@@ -59,16 +59,17 @@ def nystrom_attention(q: Tensor, k: Tensor, v: Tensor, num_landmarks: int = 64, 
         return _exported(q, k, v, num_landmarks, pinv_iters, key_padding_mask)
     if n <= num_landmarks:
         return softmax_attention(q, k, v, key_padding_mask=key_padding_mask)
-    return _nystrom(q, k, v, num_landmarks, pinv_iters, key_padding_mask)
+    return _nystrom(q, k, v, num_landmarks, pinv_iters, key_padding_mask, index_landmarks=True)
 
 
 def _nystrom(q: Tensor, k: Tensor, v: Tensor, num_landmarks: int, pinv_iters: int,
-             key_padding_mask: Optional[Tensor]) -> Tensor:
+             key_padding_mask: Optional[Tensor], index_landmarks: bool = False) -> Tensor:
     acc = acc_dtype(v.dtype)
     qa, ka, va = (t.to(acc) for t in (q, k, v))
     if key_padding_mask is not None:
         va = va.masked_fill(key_padding_mask[:, None, :, None], 0.)  # garbage in padding must not leak
-    f, a_inv, bmat = nystrom_kernels(qa * q.shape[-1] ** -0.5, ka, key_padding_mask, num_landmarks, pinv_iters)
+    f, a_inv, bmat = nystrom_kernels(qa * q.shape[-1] ** -0.5, ka, key_padding_mask, num_landmarks, pinv_iters,
+                                     index_landmarks)
     return (f @ (a_inv @ (bmat @ va))).to(v.dtype)
 
 
