@@ -40,18 +40,37 @@ class ReLULinearAttention(BaseAttention):
         hw = self.check_input(x, hw_shape, key_padding_mask)
         b, n, c = x.shape
         d = c // self.num_heads
-        qkv = self.qkv(x) if self.qkv_layout == 'qkv' else torch.cat(self.project_qkv(x), -1)  # (B, N, 3C)
         if self.scales:
-            fmap = self.to_map(qkv, hw, key_padding_mask)              # padded tokens zeroed before the convs
-            maps = torch.cat([fmap] + [op(fmap) for op in self.aggreg], 1)   # (B, (1 + S) 3C, H, W)
-            # every scale contributes its own heads: channels (scale, q/k/v, head, d) -> q/k/v with H (1 + S)
-            # heads, scale-major; one copy into the (B, heads, N, D) layout of the matmuls
-            t = maps.view(b, 1 + len(self.scales), 3, self.num_heads, d, n).permute(2, 0, 1, 3, 5, 4)
-            q, k, v = t.reshape(3, b, -1, n, d).unbind(0)
+            q, k, v = self._multiscale_qkv(x, hw, key_padding_mask)
         else:
+            qkv = self.qkv(x) if self.qkv_layout == 'qkv' else torch.cat(self.project_qkv(x), -1)  # (B, N, 3C)
             q, k, v = qkv.view(b, n, 3, self.num_heads, d).permute(2, 0, 3, 1, 4).unbind(0)  # views, no copy
         out = relu_linear_attention(q, k, v, key_padding_mask=key_padding_mask)
         return self.project_out(merge_heads(out))
+
+    def _multiscale_qkv(self, x: Tensor, hw: Sequence[int], key_padding_mask: Optional[Tensor]):
+        """q/k/v ``(B, (1 + S) heads, N, D)`` of every scale, in the channels-first layout the convs want.
+
+        The q/k/v projection writes ``(B, 3C, N)`` directly (one bmm, the token layout read through BLAS's
+        transpose flag), so no ``(N, 3C) -> (3C, N)`` copy is made (on CPU a strided transpose of the whole map
+        costs as much as the attention). The maps of every scale are stacked q/k/v-major, so q, k and v
+        are views with N contiguous, heads scale-major (as EfficientViT concatenates them).
+        """
+        b, n, c = x.shape
+        d = c // self.num_heads
+        if self.qkv_layout == 'qkv':
+            w = self.qkv.weight.expand(b, -1, -1)
+            xt = x.transpose(1, 2)
+            fmap = torch.bmm(w, xt) if self.qkv.bias is None else torch.baddbmm(self.qkv.bias[:, None], w, xt)
+        else:
+            fmap = torch.cat(self.project_qkv(x), -1).transpose(1, 2).contiguous()   # (B, 3C, N)
+        if key_padding_mask is not None:   # padded tokens zeroed before the convs (so they cannot leak)
+            fmap = fmap.masked_fill(key_padding_mask[:, None, :], 0.)
+        maps = [fmap.view(b, 3, c, n)]
+        fmap2d = fmap.view(b, 3 * c, hw[0], hw[1])
+        maps += [op(fmap2d).view(b, 3, c, n) for op in self.aggreg]
+        qkv = torch.cat(maps, 2).view(b, 3, -1, d, n).transpose(-1, -2)          # (B, 3, heads, N, D)
+        return qkv.unbind(1)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f', scales={self.scales}'
