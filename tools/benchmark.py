@@ -12,6 +12,9 @@ Levels:
   model     a whole mmdet / mmseg model from CONFIG: mmengine's train_step (forward, losses, backward, optimizer
             step) and test_step on a dummy batch (boxes + masks / label maps), against the same config with the
             --vs stock backbone (its neck / head in_channels adjusted), interleaved
+  layer     one attention layer against the implementation it follows (--layer nystrom: lucidrains'
+            nystrom-attention, same weights; --layer relu: timm's EfficientViT LiteMLA), interleaved, over
+            --sizes maps and --dims channels
 
 Examples::
 
@@ -21,6 +24,7 @@ Examples::
       --vs mmdet:PyramidVisionTransformerV2:b2 --sizes 1024 1024x2048 --modes fwdbwd --plot pvt.png
   tools/benchmark.py --level model configs/mask_rcnn/mask-rcnn_linpvt-t-inline_fpn_1x_coco.py \\
       --cfg-options model.backbone.arch=s --vs mmdet:PyramidVisionTransformerV2:b2 --sizes 800x1333 --compile
+  tools/benchmark.py --level layer --layer nystrom relu --dims 64 128 --sizes 64 128 --threads 1
   tools/benchmark.py --suite gpu --out-dir work_dirs/gpu_bench      # every GPU measurement (tools/gpu_bench.sh)
 
 Sizes are HxW (the detection default 800x1333 is mmdet's 1333x800 W x H). Timing: on CPU torch.utils.benchmark
@@ -568,6 +572,112 @@ def bench_models(args, device, dtype) -> List[Dict]:
     return rows
 
 
+# Layers against the implementations they follow: (our layer and its kwargs, the reference's builder, the head
+# width EfficientViT / the Nystromformer experiments use).
+LAYER_HEAD_DIMS = {'nystrom': 32, 'relu': 8}
+
+
+def _nystrom_pair(c: int, heads: int, args):
+    """Ours (no qkv bias, no conv skip) and lucidrains' ``nystrom_attention.NystromAttention`` (no residual conv)
+    with the same q/k/v and output weights: the same function up to the pseudo-inverse's starting scale (ours per
+    head, see ``iterative_pinv``) and, when N is not a multiple of the landmarks, the reference's zero padding."""
+    try:
+        from nystrom_attention import NystromAttention as Lucid
+    except ImportError:
+        return None, 'lucidrains nystrom-attention is not installed (pip install nystrom-attention)'
+    from linattn_mm.layers.nystrom import NystromAttention
+    ours = NystromAttention(c, heads, qkv_bias=False, num_landmarks=args.num_landmarks, pinv_iters=6)
+    ref = Lucid(dim=c, dim_head=c // heads, heads=heads, num_landmarks=args.num_landmarks, pinv_iterations=6,
+                residual=False, dropout=0.)
+    with torch.no_grad():
+        ref.to_qkv.weight.copy_(ours.qkv.weight)
+        ref.to_out[0].weight.copy_(ours.proj.weight)
+        ref.to_out[0].bias.copy_(ours.proj.bias)
+    return (ours, ref, 'lucidrains NystromAttention', False), None
+
+
+def _relu_pair(c: int, heads: int, args):
+    """Ours with EfficientViT's multi-scale aggregation (``scales=(5,)``) on ``(B, N, C)`` tokens and timm's
+    ``LiteMLA`` (heads of ``c // heads`` channels, its own weights: same shapes and FLOPs) on ``(B, C, H, W)``."""
+    try:
+        from timm.models.efficientvit_mit import LiteMLA
+    except ImportError:
+        return None, 'timm (with efficientvit_mit) is not installed'
+    from linattn_mm.layers.relu import ReLULinearAttention
+    ours = ReLULinearAttention(c, heads, scales=(5,))
+    ref = LiteMLA(c, c, dim=c // heads, scales=(5,))
+    return (ours, ref, 'timm LiteMLA', True), None
+
+
+LAYER_PAIRS = {'nystrom': _nystrom_pair, 'relu': _relu_pair}
+
+
+def bench_layers(args, device, dtype) -> List[Dict]:
+    """Each --layer x --dims x --sizes map: our layer and its reference, interleaved; ``x ref`` against it. Where
+    the reference has our weights (Nystrom), the largest output difference is printed and kept in the rows."""
+    rows = []
+    for name in args.layer:
+        for c in args.dims:
+            hd = args.head_dim or LAYER_HEAD_DIMS[name]
+            if c % hd:
+                raise SystemExit(f'error: --dims {c} is not a multiple of the head width {hd}; set --head-dim')
+            heads = c // hd
+            for size in args.sizes:
+                h, w = parse_size(size)
+                pair, why = LAYER_PAIRS[name](c, heads, args)
+                if pair is None:
+                    print(f'skip layer {name}: {why}')
+                    break
+                ours, ref, ref_label, maps = pair
+                ours, ref = ours.to(device), ref.to(device)
+                g = torch.Generator().manual_seed(0)
+                x = torch.randn(args.batch, h * w, c, generator=g).to(device)
+                xm = x.transpose(1, 2).reshape(args.batch, c, h, w).contiguous() if maps else x
+                run_ours = lambda: ours(x, (h, w))  # noqa: E731
+                run_ref = lambda: ref(xm)  # noqa: E731
+                diff = None
+                if not maps:
+                    with torch.no_grad():
+                        diff = (run_ours() - run_ref()).abs().max().item()
+                    why = []
+                    if args.batch * heads > 1:
+                        why.append('our pseudo-inverse starts from a per-head scale, the reference from one over '
+                                   'all heads')
+                    if (h * w) % args.num_landmarks:
+                        why.append('the reference front-pads N with zero tokens to a multiple of the landmarks')
+                    print(f'{name} C{c} {heads} heads {h}x{w}: max |ours - {ref_label}| = {diff:.2e}'
+                          + (f' (not rounding, by design: {"; ".join(why)})' if why else ''))
+                label = f'{name} C{c} {heads}h'
+                for compiled in _variants(args):
+                    if compiled:
+                        torch._dynamo.reset()
+                    for mode in args.modes:
+                        fns = {}
+                        for lab, mod, run in (('linattn_mm', ours, run_ours), (ref_label, ref, run_ref)):
+                            fn = torch.compile(run, **_compile_kw(args)) if compiled else run
+                            fns[lab] = _layer_step(fn, list(mod.parameters()), dtype, mode, device)
+                        common = dict(level='layer', config=label, size=f'{h}x{w}', batch=args.batch, mode=mode,
+                                      compile=compiled, tokens=h * w)
+                        if diff is not None:
+                            common['max_abs_diff'] = diff
+                        rows += _measure_group(fns, args, device, common, ref_label)
+    return rows
+
+
+def _layer_step(run, params, dtype, mode: str, device) -> Callable:
+    def step():
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            if mode == 'fwd':
+                with torch.no_grad():
+                    run()
+                return
+            out = run()
+        out.float().sum().backward()
+        for p in params:
+            p.grad = None
+    return step
+
+
 # ---------------------------------------------------------------------------------------- output
 def print_row(r: Dict) -> None:
     what = r.get('size') or r['tokens']
@@ -760,12 +870,16 @@ def run_suite(args) -> None:
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--level', choices=['op', 'backbone', 'model'], default='op')
+    p.add_argument('--level', choices=['op', 'backbone', 'model', 'layer'], default='op')
     p.add_argument('configs', nargs='*', metavar='CONFIG', help='model level: mmdet / mmseg config files')
     p.add_argument('--attn', nargs='+', help=f'attentions (default: all). op level: {", ".join(OP_NAMES)}; '
                                              f'backbone level: also "preset" (the arch\'s own, e.g. LinSwin IIIS)')
     p.add_argument('--tokens', nargs='+', type=int, default=[1024, 4096, 16384])
-    p.add_argument('--head-dim', type=int, default=32)
+    p.add_argument('--head-dim', type=int, help='op level: head width (default 32); layer level: channels per head '
+                                              '(default: nystrom 32, relu 8, as the references use)')
+    p.add_argument('--layer', nargs='+', choices=sorted(LAYER_PAIRS), default=sorted(LAYER_PAIRS),
+                   help='layer level: which layers to compare with their references')
+    p.add_argument('--dims', nargs='+', type=int, default=[64, 128], help='layer level: channels C')
     p.add_argument('--heads', type=int, default=1)
     p.add_argument('--batch', type=int, default=1)
     p.add_argument('--backbone', default='LinPVT',
@@ -776,8 +890,9 @@ def parse_args(argv=None):
                         'mmdet:SwinTransformer:t, mmdet:ResNet:50 (mmseg:... alike); backbone level also timm:NAME. '
                         'Model level: the config with its backbone swapped for this one')
     p.add_argument('--cfg-options', nargs='+', action=_DictAction, help='model level: override config keys')
-    p.add_argument('--sizes', nargs='+', help='backbone / model level: H or HxW (default: backbone 512 1024; '
-                                              'model: 800x1333 for mmdet configs, 1024x2048 for mmseg)')
+    p.add_argument('--sizes', nargs='+', help='backbone / model / layer level: H or HxW (default: backbone 512 '
+                                              '1024; model: 800x1333 for mmdet configs, 1024x2048 for mmseg; '
+                                              'layer: 64 128, the token map)')
     p.add_argument('--modes', nargs='+', choices=['fwd', 'fwdbwd', 'train', 'infer'],
                    help='op / backbone level: fwd, fwdbwd (default both); model level: train (mmengine\'s '
                         'train_step: forward, backward, optimizer step), infer (test_step) (default both)')
@@ -856,7 +971,11 @@ def main(argv=None) -> List[Dict]:
         use_exact_cpu_memory_accounting()
     print(f'torch {torch.__version__}, device {device}, dtype {args.dtype}, threads {torch.get_num_threads()}')
     if args.level == 'op':
+        args.head_dim = args.head_dim or 32
         rows = bench_ops(args, device, dtype)
+    elif args.level == 'layer':
+        args.sizes = args.sizes or ['64', '128']
+        rows = bench_layers(args, device, dtype)
     elif args.level == 'backbone':
         args.sizes = args.sizes or ['512', '1024']
         rows = bench_backbones(args, device, dtype)

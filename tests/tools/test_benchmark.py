@@ -109,6 +109,33 @@ def test_model_level_skips_detectors_without_mmcv_ops(monkeypatch, capsys):
     assert 'mmcv.ops is not available' in capsys.readouterr().out
 
 
+def test_layer_level_against_the_references(capsys):
+    """--level layer: each layer and its reference in one group (x ref against the reference); lucidrains'
+    Nystrom (optional) is skipped with a message naming the package when it is not installed, and otherwise
+    runs with our weights (outputs close at N a multiple of the landmarks: the same approximation up to the
+    pseudo-inverse's starting scale)."""
+    pytest.importorskip('timm.models.efficientvit_mit')
+    bench = _bench_module()
+    rows = bench.main(['--level', 'layer', '--dims', '32', '--sizes', '8x16', '--modes', 'fwd', 'fwdbwd',
+                       '--no-memory'] + FAST)
+    relu = [r for r in rows if r['config'].startswith('relu')]
+    assert [(r['model'], r['mode'], r['is_ref']) for r in relu] == [
+        ('linattn_mm', 'fwd', False), ('timm LiteMLA', 'fwd', True),
+        ('linattn_mm', 'fwdbwd', False), ('timm LiteMLA', 'fwdbwd', True)]
+    assert all(r['config'] == 'relu C32 4h' and r['size'] == '8x16' and r['samples'] >= 2 for r in relu)
+    out = capsys.readouterr().out
+    try:
+        import nystrom_attention  # noqa: F401
+    except ImportError:
+        assert 'pip install nystrom-attention' in out
+    else:
+        nys = [r for r in rows if r['config'].startswith('nystrom')]
+        assert len(nys) == 4 and all(r['max_abs_diff'] < 1e-5 for r in nys)  # one head: rounding only
+    assert '| relu C32 4h | linattn_mm | 8x16 |' in bench.print_table(rows)
+    with pytest.raises(SystemExit, match='multiple of the head width'):
+        bench.main(['--level', 'layer', '--layer', 'relu', '--dims', '20', '--no-memory'] + FAST)
+
+
 def test_bad_mode_for_level_is_one_clear_error():
     bench = _bench_module()
     with pytest.raises(SystemExit):
