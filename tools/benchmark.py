@@ -478,7 +478,7 @@ def bench_backbones(args, device, dtype) -> List[Dict]:
                     model = model.to(device)
                     model.train()  # not chained: mmdet's SwinTransformer.train() returns None
                     run = torch.compile(model, **_compile_kw(args)) if compiled else model
-                    fns[label] = _backbone_step(run, list(model.parameters()), x, dtype, mode, device)
+                    fns[label] = _step(lambda run=run: run(x), list(model.parameters()), dtype, mode, device)
                 rows += _measure_group(fns, args, device, dict(
                     level='backbone', size=f'{h}x{w}', batch=args.batch, mode=mode, compile=compiled,
                     tokens=(h // 4) * (w // 4)), ref_label)
@@ -486,11 +486,13 @@ def bench_backbones(args, device, dtype) -> List[Dict]:
     return rows
 
 
-def _backbone_step(model, params, x, dtype, mode: str, device) -> Callable:
+def _step(forward: Callable, params, dtype, mode: str, device) -> Callable:
+    """One timed call: ``forward()`` (a tensor or a tuple of them, e.g. a backbone's feature maps) under autocast,
+    without grad for ``fwd``; for ``fwdbwd`` also the backward of the outputs' means, gradients dropped."""
     def fwd():
         with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            outs = model(x)
-        return sum(o.float().mean() for o in outs)
+            outs = forward()
+        return sum(o.float().mean() for o in (outs if isinstance(outs, (tuple, list)) else (outs,)))
 
     def step():
         if mode == 'fwd':
@@ -572,19 +574,16 @@ def bench_models(args, device, dtype) -> List[Dict]:
     return rows
 
 
-# Layers against the implementations they follow: (our layer and its kwargs, the reference's builder, the head
-# width EfficientViT / the Nystromformer experiments use).
+# Layer level: the channels per head each reference uses by default (Nystromformer's experiments, EfficientViT).
 LAYER_HEAD_DIMS = {'nystrom': 32, 'relu': 8}
 
 
 def _nystrom_pair(c: int, heads: int, args):
     """Ours (no qkv bias, no conv skip) and lucidrains' ``nystrom_attention.NystromAttention`` (no residual conv)
     with the same q/k/v and output weights: the same function up to the pseudo-inverse's starting scale (ours per
-    head, see ``iterative_pinv``) and, when N is not a multiple of the landmarks, the reference's zero padding."""
-    try:
-        from nystrom_attention import NystromAttention as Lucid
-    except ImportError:
-        return None, 'lucidrains nystrom-attention is not installed (pip install nystrom-attention)'
+    head, see ``iterative_pinv``) and, when N is not a multiple of the landmarks, the reference's zero padding.
+    Both take ``(B, N, C)`` tokens."""
+    from nystrom_attention import NystromAttention as Lucid
     from linattn_mm.layers.nystrom import NystromAttention
     ours = NystromAttention(c, heads, qkv_bias=False, num_landmarks=args.num_landmarks, pinv_iters=6)
     ref = Lucid(dim=c, dim_head=c // heads, heads=heads, num_landmarks=args.num_landmarks, pinv_iterations=6,
@@ -593,89 +592,70 @@ def _nystrom_pair(c: int, heads: int, args):
         ref.to_qkv.weight.copy_(ours.qkv.weight)
         ref.to_out[0].weight.copy_(ours.proj.weight)
         ref.to_out[0].bias.copy_(ours.proj.bias)
-    return (ours, ref, 'lucidrains NystromAttention', False), None
+    return ours, ref, lambda x, hw: x
 
 
 def _relu_pair(c: int, heads: int, args):
     """Ours with EfficientViT's multi-scale aggregation (``scales=(5,)``) on ``(B, N, C)`` tokens and timm's
     ``LiteMLA`` (heads of ``c // heads`` channels, its own weights: same shapes and FLOPs) on ``(B, C, H, W)``."""
-    try:
-        from timm.models.efficientvit_mit import LiteMLA
-    except ImportError:
-        return None, 'timm (with efficientvit_mit) is not installed'
+    from timm.models.efficientvit_mit import LiteMLA
     from linattn_mm.layers.relu import ReLULinearAttention
     ours = ReLULinearAttention(c, heads, scales=(5,))
     ref = LiteMLA(c, c, dim=c // heads, scales=(5,))
-    return (ours, ref, 'timm LiteMLA', True), None
+    return ours, ref, lambda x, hw: x.transpose(1, 2).reshape(x.shape[0], c, *hw).contiguous()
 
 
-LAYER_PAIRS = {'nystrom': _nystrom_pair, 'relu': _relu_pair}
+# layer -> (builder of (ours, reference, our tokens -> the reference's input), the reference's label, the module
+# and pip package it needs, whether the two share weights (then their outputs are compared))
+LAYER_PAIRS = {
+    'nystrom': (_nystrom_pair, 'lucidrains NystromAttention', ('nystrom_attention', 'nystrom-attention'), True),
+    'relu': (_relu_pair, 'timm LiteMLA', ('timm', 'timm'), False),
+}
 
 
 def bench_layers(args, device, dtype) -> List[Dict]:
     """Each --layer x --dims x --sizes map: our layer and its reference, interleaved; ``x ref`` against it. Where
-    the reference has our weights (Nystrom), the largest output difference is printed and kept in the rows."""
+    the two share weights (Nystrom), the largest output difference is printed and kept in the rows."""
+    import importlib.util
     rows = []
     for name in args.layer:
+        build, ref_label, (module, package), same_weights = LAYER_PAIRS[name]
+        if importlib.util.find_spec(module) is None:
+            print(f'skip layer {name}: {ref_label} needs {module} (pip install {package})')
+            continue
         for c in args.dims:
             hd = args.head_dim or LAYER_HEAD_DIMS[name]
             if c % hd:
                 raise SystemExit(f'error: --dims {c} is not a multiple of the head width {hd}; set --head-dim')
             heads = c // hd
+            ours, ref, to_ref_input = build(c, heads, args)
+            ours, ref = ours.to(device), ref.to(device)
+            label = f'{name} C{c} {heads}h'
             for size in args.sizes:
                 h, w = parse_size(size)
-                pair, why = LAYER_PAIRS[name](c, heads, args)
-                if pair is None:
-                    print(f'skip layer {name}: {why}')
-                    break
-                ours, ref, ref_label, maps = pair
-                ours, ref = ours.to(device), ref.to(device)
-                g = torch.Generator().manual_seed(0)
-                x = torch.randn(args.batch, h * w, c, generator=g).to(device)
-                xm = x.transpose(1, 2).reshape(args.batch, c, h, w).contiguous() if maps else x
-                run_ours = lambda: ours(x, (h, w))  # noqa: E731
-                run_ref = lambda: ref(xm)  # noqa: E731
-                diff = None
-                if not maps:
+                x = torch.randn(args.batch, h * w, c, generator=torch.Generator().manual_seed(0)).to(device)
+                x_ref = to_ref_input(x, (h, w))
+                run_ours, run_ref = (lambda: ours(x, (h, w))), (lambda: ref(x_ref))
+                common = dict(level='layer', config=label, size=f'{h}x{w}', batch=args.batch, tokens=h * w)
+                if same_weights:
                     with torch.no_grad():
-                        diff = (run_ours() - run_ref()).abs().max().item()
-                    why = []
-                    if args.batch * heads > 1:
-                        why.append('our pseudo-inverse starts from a per-head scale, the reference from one over '
-                                   'all heads')
+                        common['max_abs_diff'] = (run_ours() - run_ref()).abs().max().item()
+                    why = (['our pseudo-inverse starts from a per-head scale, the reference from one over all heads']
+                           if args.batch * heads > 1 else [])
                     if (h * w) % args.num_landmarks:
                         why.append('the reference front-pads N with zero tokens to a multiple of the landmarks')
-                    print(f'{name} C{c} {heads} heads {h}x{w}: max |ours - {ref_label}| = {diff:.2e}'
+                    print(f'{label} {h}x{w}: max |ours - {ref_label}| = {common["max_abs_diff"]:.2e}'
                           + (f' (not rounding, by design: {"; ".join(why)})' if why else ''))
-                label = f'{name} C{c} {heads}h'
                 for compiled in _variants(args):
                     if compiled:
                         torch._dynamo.reset()
                     for mode in args.modes:
-                        fns = {}
-                        for lab, mod, run in (('linattn_mm', ours, run_ours), (ref_label, ref, run_ref)):
-                            fn = torch.compile(run, **_compile_kw(args)) if compiled else run
-                            fns[lab] = _layer_step(fn, list(mod.parameters()), dtype, mode, device)
-                        common = dict(level='layer', config=label, size=f'{h}x{w}', batch=args.batch, mode=mode,
-                                      compile=compiled, tokens=h * w)
-                        if diff is not None:
-                            common['max_abs_diff'] = diff
-                        rows += _measure_group(fns, args, device, common, ref_label)
+                        fns = {lab: _step(torch.compile(run, **_compile_kw(args)) if compiled else run,
+                                          list(mod.parameters()), dtype, mode, device)
+                               for lab, mod, run in (('linattn_mm', ours, run_ours), (ref_label, ref, run_ref))}
+                        rows += _measure_group(fns, args, device, dict(common, mode=mode, compile=compiled),
+                                               ref_label)
     return rows
-
-
-def _layer_step(run, params, dtype, mode: str, device) -> Callable:
-    def step():
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            if mode == 'fwd':
-                with torch.no_grad():
-                    run()
-                return
-            out = run()
-        out.float().sum().backward()
-        for p in params:
-            p.grad = None
-    return step
 
 
 # ---------------------------------------------------------------------------------------- output
